@@ -1,0 +1,92 @@
+"""Atomic checkpoints: a checkpoint folder is complete or absent, never half-written.
+
+Each checkpoint holds the model and tokenizer in Hugging Face format (so ``eval`` and other tools can load it
+directly), the optimizer and scheduler states, the torch RNG state and ``trainer_state.json``. Everything is
+written into a hidden temporary folder and renamed into place; only then are older checkpoints pruned.
+States are loaded with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_NAME = re.compile(r"^step-(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    """Saving or loading a checkpoint failed; the message says why and what was left intact."""
+
+
+def checkpoint_dir(run: Path) -> Path:
+    return run / "checkpoints"
+
+
+def list_checkpoints(run: Path) -> list[Path]:
+    root = checkpoint_dir(run)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    found = [p for p in list_checkpoints(run) if (p / "trainer_state.json").is_file()]
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    run: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep_last: int = 2
+) -> Path:
+    root = checkpoint_dir(run)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(run)
+        kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        if err.errno == errno.ENOSPC:
+            raise CheckpointError(
+                f"no space left on the device while writing checkpoint step {step} in {root}; {kept}. Free disk "
+                "space (or lower keep_last), then rerun with --resume"
+            ) from err
+        raise CheckpointError(f"could not write checkpoint step {step} in {root}: {err}; {kept}") from err
+    for old in list_checkpoints(run)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_training_state(path: Path, optimizer, scheduler) -> dict[str, Any]:
+    """Restore optimizer, scheduler and RNG from a checkpoint (the model weights are loaded by the caller)."""
+    try:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        rng = torch.load(path / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        return json.loads((path / "trainer_state.json").read_text())
+    except (OSError, RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:200]}); delete it to resume from "
+            "the one before, or start again with --overwrite"
+        ) from err

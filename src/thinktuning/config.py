@@ -1,0 +1,417 @@
+"""Configuration: typed dataclasses, YAML presets, dotted ``--set`` overrides, validation.
+
+Every field is documented where it is declared, because this file is the reference users read to learn
+what they can change. Enumerated fields are ``Literal`` types so that validation can list the allowed
+values in its error message without a second, drifting list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; the message names the field and the allowed values."""
+
+
+@dataclass
+class ModelConfig:
+    student: str = "smollm2-135m-instruct"
+    """Student model: hub id, local folder, ``.gguf`` file, or the alias ``smollm2-135m-instruct``."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of the trained weights. float32 on CPU; bfloat16 on GPUs."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a hub repo. Off: model files are untrusted input."""
+    require_gpu: bool = False
+    """Stop at start, with a clear message, when no CUDA GPU is visible (set by presets sized for GPUs)."""
+    cache_dir: str | None = None
+    """Where converted models (e.g. the embedded GGUF) are cached. Default: ~/.cache/thinktuning."""
+
+
+@dataclass
+class DataConfig:
+    name: Literal["arithmetic", "gsm8k", "math"] = "arithmetic"
+    """Training task: built-in procedural ``arithmetic``, ``gsm8k`` or ``math``."""
+    source: str | None = None
+    """Hub dataset name or local path (JSONL file or folder with ``{split}.jsonl``). None: the task's default."""
+    split: str = "train"
+    limit: int | None = None
+    """Use at most this many rows (``arithmetic``: how many problems to generate; default 2000)."""
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3])
+    """Difficulty levels of the ``arithmetic`` task (1 = single addition ... 4 = two-step word problems)."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """Rows without a usable reference: stop with an error naming the row, or skip and count them."""
+    shuffle: bool = True
+
+
+@dataclass
+class RolloutConfig:
+    backend: Literal["transformers"] = "transformers"
+    """Student rollout engine."""
+    prompts_per_step: int = 4
+    """Prompts (groups) per training step (B)."""
+    group_size: int = 4
+    """Rollouts per prompt (G). The recipe uses 5."""
+    max_prompt_length: int = 256
+    """Prompts longer than this (in tokens) are cut from the left, keeping the question's end."""
+    max_new_tokens: int = 128
+    """Response length limit; a response that reaches it is 'truncated' and never guided."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 32
+    """Sequences sampled together (memory vs speed)."""
+
+
+@dataclass
+class TeacherConfig:
+    model: str = "student-init"
+    """``student-init`` = a frozen copy of the student's starting weights (the paper), or any model spec."""
+    sees_reference: Literal["none", "answer", "solution"] = "none"
+    """What the teacher may see besides question and response. Anything but ``none`` deviates from the paper."""
+    max_reason_tokens: int = 256
+    max_phrase_tokens: int = 256
+    max_feedback_tokens: int = 512
+    """Spliced feedback (reason + phrase) longer than this many student tokens is cut (recipe: 512)."""
+    repetition_penalty: float = 1.0
+    close_with_answer: bool = True
+    """If the phrase has no ``\\boxed{}``, write 'The final answer is \\boxed{' and let the teacher (or, when it
+    sees the reference, the reference) complete it, so the format cannot be lost."""
+    batch_size: int = 8
+
+
+@dataclass
+class GuidanceConfig:
+    enabled: bool = True
+    """False = plain GRPO (the baseline)."""
+    schedule: Literal["linear", "constant", "cosine"] = "linear"
+    p_start: float = 0.10
+    p_end: float = 0.01
+    decay_fraction: float = 1 / 3
+    """Fraction of training over which p decays from p_start to p_end (recipe: the first third)."""
+    cutoff_epsilon: float | None = 0.05
+    """Guidance switches off for good once p <= p_end + cutoff_epsilon (recipe: 0.05). None: never."""
+    min_per_group: int = 1
+    """k = max(min_per_group, floor(#eligible * p)) rollouts guided per group (recipe: 1)."""
+    mask_scope: Literal["rollout", "teacher"] = "rollout"
+    """Which tokens get the shaped objective: every token of a guided rollout (recipe) or the teacher's only."""
+    continuation: Literal["teacher", "student"] = "teacher"
+    """``teacher``: the teacher's phrase carries the answer (recipe). ``student``: only the teacher's reason is
+    spliced and the student continues on-policy (an extension)."""
+
+
+@dataclass
+class RewardConfig:
+    answer_fallback: Literal["none", "last_number"] = "none"
+    """If a response has no ``\\boxed{}``: score it 0 (``none``) or check its last number."""
+    zero_if_truncated: bool = True
+    functions: list[str] = field(default_factory=list)
+    """Extra reward functions by import path (``pkg.module:func``, TRL signature); summed with correctness."""
+    timeout_s: float = 5.0
+    """Per-answer limit for the equivalence check; a check that exceeds it scores 0 and is counted."""
+
+
+@dataclass
+class LossConfig:
+    shaping: Literal["aas", "aas-recipe", "luffy", "none"] = "aas"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    advantage: Literal["grpo", "rloo"] = "grpo"
+    normalize_std: bool = True
+    kl_coef: float = 0.0
+    """KL penalty to the initial student (k3 estimator). 0 = no KL term, as in the recipe."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    mini_batch_prompts: int | None = None
+    """Prompts per optimizer step (PPO mini-batch). None: the whole step's batch (one update per step)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward pass (gradient accumulation inside a mini-batch)."""
+    ppo_epochs: int = 1
+
+
+@dataclass
+class ThinkTuningConfig:
+    """Everything a run needs. ``preset`` records which preset it started from."""
+
+    preset: str | None = None
+    output_dir: str = "runs/cpu-demo"
+    seed: int = 0
+    max_steps: int | None = None
+    """Stop after this many steps. None: one pass over the data (``epochs`` times)."""
+    epochs: int = 1
+    save_every: int = 0
+    """Checkpoint every N steps (0: only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept; older ones are deleted."""
+    log_rollouts: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def deviations(self) -> list[str]:
+        """Settings that depart from the paper's method, so run folders can say so instead of hiding it."""
+        out = []
+        if self.guidance.enabled and self.teacher.sees_reference != "none":
+            out.append(
+                f"teacher.sees_reference={self.teacher.sees_reference}: the teacher is shown the reference "
+                f"{self.teacher.sees_reference} (the paper's teacher sees only question and response)"
+            )
+        if self.guidance.enabled and self.guidance.continuation == "student":
+            out.append("guidance.continuation=student: the student writes the answer after the teacher's reason")
+        if self.guidance.enabled and self.guidance.mask_scope == "teacher":
+            out.append("guidance.mask_scope=teacher: only teacher tokens are shaped (recipe: the whole rollout)")
+        if self.reward.answer_fallback != "none":
+            out.append("reward.answer_fallback=last_number: responses without \\boxed{} are scored by last number")
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("thinktuning.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(
+    config: str | None = None, overrides: list[str] | None = None, **fields: Any
+) -> ThinkTuningConfig:
+    """Build a config from a preset name or YAML file (default ``cpu-demo``), then dotted overrides.
+
+    ``fields`` are dotted-name overrides given as Python values (used by the CLI for --seed etc.).
+    """
+    name = config or "cpu-demo"
+    data = _read_yaml(name)
+    cfg = ThinkTuningConfig()
+    _apply_mapping(cfg, data, prefix="")
+    if cfg.preset is None and not name.endswith((".yaml", ".yml")):
+        cfg.preset = name
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r} (example: --set rollout.group_size=5)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        set_field(cfg, key.strip(), value)
+    for key, value in fields.items():
+        if value is not None:
+            set_field(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def _read_yaml(name: str) -> dict[str, Any]:
+    path = Path(name)
+    if name.endswith((".yaml", ".yml")) or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {name!r} not found. Presets: {', '.join(preset_names())}")
+        text = path.read_text()
+        where = str(path)
+    else:
+        if name not in preset_names():
+            close = difflib.get_close_matches(name, preset_names(), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"unknown config preset {name!r}.{hint} Presets: {', '.join(preset_names())}; or pass a YAML file"
+            )
+        text = resources.files("thinktuning.configs").joinpath(f"{name}.yaml").read_text()
+        where = f"preset {name}"
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of config fields, got {type(data).__name__}")
+    return data
+
+
+def _apply_mapping(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dataclasses.is_dataclass(getattr(obj, str(key), None)):
+            _apply_mapping(getattr(obj, key), value, prefix=f"{dotted}.")
+        else:
+            set_field(obj, str(key), value, _dotted=dotted)
+
+
+def _all_field_names(obj: Any, prefix: str = "") -> list[str]:
+    names = []
+    for f in dataclasses.fields(obj):
+        sub = getattr(obj, f.name)
+        if dataclasses.is_dataclass(sub):
+            names += _all_field_names(sub, f"{prefix}{f.name}.")
+        else:
+            names.append(f"{prefix}{f.name}")
+    return names
+
+
+def set_field(root: Any, key: str, value: Any, _dotted: str | None = None) -> None:
+    """Set ``a.b.c`` on a (nested) dataclass, coercing and checking the value against the field's type."""
+    dotted = _dotted or key
+    parts = key.split(".")
+    obj = root
+    for i, part in enumerate(parts):
+        names = {f.name: f for f in dataclasses.fields(obj)}
+        if part not in names:
+            valid = _all_field_names(root)
+            close = difflib.get_close_matches(dotted, valid, n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config field {dotted!r}.{hint} See src/thinktuning/config.py for all fields")
+        if i == len(parts) - 1:
+            hints = typing.get_type_hints(type(obj))
+            if dataclasses.is_dataclass(getattr(obj, part)):
+                raise ConfigError(f"{dotted!r} is a section; set its fields, e.g. {dotted}.<field>=value")
+            setattr(obj, part, _coerce(value, hints[part], dotted))
+        else:
+            obj = getattr(obj, part)
+            if not dataclasses.is_dataclass(obj):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])!r} is not a section; cannot set {dotted!r}")
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, dotted: str) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ConfigError naming the field and what it accepts."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{dotted} must be {_describe(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+            raise bad
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, dotted)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise bad
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return [_coerce(v, inner, dotted) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    raise bad
+
+
+# -------------------------------------------------------------------------------------------- validation
+
+
+def validate(cfg: ThinkTuningConfig) -> None:
+    """Range checks that types cannot express. Each message names the field and what is allowed."""
+    checks: list[tuple[bool, str]] = [
+        (cfg.rollout.group_size >= 2, "rollout.group_size must be >= 2 (GRPO compares rollouts within a group)"),
+        (cfg.rollout.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1"),
+        (cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),
+        (cfg.rollout.max_prompt_length >= 8, "rollout.max_prompt_length must be >= 8"),
+        (cfg.rollout.temperature > 0, "rollout.temperature must be > 0 (rollouts are sampled)"),
+        (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+        (cfg.rollout.batch_size >= 1, "rollout.batch_size must be >= 1"),
+        (0 <= cfg.guidance.p_start <= 1, "guidance.p_start must be in [0, 1]"),
+        (0 <= cfg.guidance.p_end <= 1, "guidance.p_end must be in [0, 1]"),
+        (0 < cfg.guidance.decay_fraction <= 1, "guidance.decay_fraction must be in (0, 1]"),
+        (cfg.guidance.cutoff_epsilon is None or cfg.guidance.cutoff_epsilon >= 0,
+         "guidance.cutoff_epsilon must be >= 0 or null"),
+        (cfg.guidance.min_per_group >= 0, "guidance.min_per_group must be >= 0"),
+        (cfg.teacher.max_reason_tokens >= 1, "teacher.max_reason_tokens must be >= 1"),
+        (cfg.teacher.max_phrase_tokens >= 1, "teacher.max_phrase_tokens must be >= 1"),
+        (cfg.teacher.max_feedback_tokens >= 1, "teacher.max_feedback_tokens must be >= 1"),
+        (cfg.teacher.repetition_penalty > 0, "teacher.repetition_penalty must be > 0 (1.0 = off)"),
+        (cfg.teacher.batch_size >= 1, "teacher.batch_size must be >= 1"),
+        (cfg.reward.timeout_s > 0, "reward.timeout_s must be > 0"),
+        (0 <= cfg.loss.clip_low < 1, "loss.clip_low must be in [0, 1)"),
+        (cfg.loss.clip_high >= 0, "loss.clip_high must be >= 0"),
+        (cfg.loss.kl_coef >= 0, "loss.kl_coef must be >= 0"),
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (cfg.optim.max_grad_norm > 0, "optim.max_grad_norm must be > 0"),
+        (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (cfg.optim.micro_batch_size >= 1, "optim.micro_batch_size must be >= 1"),
+        (cfg.optim.ppo_epochs >= 1, "optim.ppo_epochs must be >= 1"),
+        (cfg.optim.mini_batch_prompts is None or cfg.optim.mini_batch_prompts >= 1,
+         "optim.mini_batch_prompts must be >= 1 or null"),
+        (cfg.max_steps is None or cfg.max_steps >= 1, "max_steps must be >= 1 or null"),
+        (cfg.epochs >= 1, "epochs must be >= 1"),
+        (cfg.save_every >= 0, "save_every must be >= 0 (0 = only at the end)"),
+        (cfg.keep_last >= 1, "keep_last must be >= 1"),
+        (cfg.data.limit is None or cfg.data.limit >= 1, "data.limit must be >= 1 or null"),
+        (bool(cfg.data.levels) and all(1 <= lv <= 4 for lv in cfg.data.levels),
+         "data.levels must be a non-empty list of levels in 1..4"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    mb = cfg.optim.mini_batch_prompts
+    if mb is not None and cfg.rollout.prompts_per_step % mb != 0:
+        raise ConfigError(
+            f"optim.mini_batch_prompts={mb} must divide rollout.prompts_per_step={cfg.rollout.prompts_per_step}"
+        )
+
+
+def save_config(cfg: ThinkTuningConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

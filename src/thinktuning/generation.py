@@ -1,0 +1,162 @@
+"""Student rollouts: batched sampling that returns token ids and the log-probability of each sampled token.
+
+We drive the KV-cache loop ourselves instead of calling ``model.generate`` because RL needs, per sampled token,
+its log-probability under the sampling distribution, and ``generate`` only offers full-vocabulary scores for
+every step (hundreds of MB for a batch). The loop is the same one ``generate`` runs: left-padded prompts, explicit
+position ids so padding does not shift positions, a ``DynamicCache``, stop at end-of-turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """One sampled response. ``logprobs[j]`` is log pi(response_ids[j]) under the temperature-scaled policy."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    finished: bool
+    """True when the response ended with the end-of-turn token (False: cut at the length limit)."""
+    meta: dict = field(default_factory=dict)
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack token lists right-aligned, so every row's next token is generated at the same column."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token (padding gets 0, it is masked anyway)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability reaches ``top_p`` (nucleus sampling)."""
+    if top_p >= 1.0:
+        return logits
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    return TopPLogitsWarper(top_p=top_p)(None, logits)
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    batch_size: int = 32,
+    stop_strings: Sequence[str] = (),
+    decode=None,
+    repetition_penalty: float = 1.0,
+) -> list[Rollout]:
+    """Sample one response per prompt (repeat a prompt G times for a group), in batches of ``batch_size``.
+
+    ``stop_strings`` (with ``decode``, a token-ids -> text function) end a row once its generated text contains
+    one of them; the teacher uses this to stop each field at its closing tag. ``repetition_penalty`` is the
+    CTRL-style penalty of ``transformers`` over prompt and generated tokens (1.0 = off).
+    """
+    if stop_strings and decode is None:
+        raise ValueError("stop_strings need a decode function (token ids -> text)")
+    out: list[Rollout] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        out.extend(
+            _sample_batch(
+                model, chunk, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator,
+                tuple(stop_strings), decode, repetition_penalty,
+            )
+        )
+    return out
+
+
+def _stopped(tokens: list[int], stop_strings: tuple[str, ...], decode) -> bool:
+    tail = decode(tokens[-12:])
+    return any(s in tail for s in stop_strings)
+
+
+def _sample_batch(
+    model, prompts, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator,
+    stop_strings=(), decode=None, repetition_penalty=1.0,
+):
+    from transformers import DynamicCache
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty) if repetition_penalty != 1.0 else None
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    pos = positions_from_mask(mask)
+    cache = DynamicCache()
+    n = ids.shape[0]
+    tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long)
+    logps = torch.zeros((n, max_new_tokens), dtype=torch.float32)
+    lengths = torch.full((n,), max_new_tokens, dtype=torch.long)
+    done = torch.zeros(n, dtype=torch.bool)
+    step_in, step_pos = ids, pos
+    for t in range(max_new_tokens):
+        logits = model(
+            input_ids=step_in, attention_mask=mask, position_ids=step_pos,
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        ).logits[:, -1, :].float()
+        if penalty is not None:
+            seen = torch.cat([ids, tokens[:, :t].to(device)], dim=1)
+            logits = penalty(seen, logits)
+        logp_full = torch.log_softmax(logits / temperature, dim=-1)
+        if greedy:
+            nxt = logp_full.argmax(-1)
+        else:
+            probs = torch.softmax(top_p_filter(logits / temperature, top_p), dim=-1)
+            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
+        nxt = torch.where(done.to(device), torch.full_like(nxt, pad_id), nxt)
+        tokens[:, t] = nxt.cpu()
+        logps[:, t] = logp_full.gather(-1, nxt[:, None]).squeeze(1).cpu()
+        newly = (nxt.cpu() == eos_id) & ~done
+        if stop_strings:
+            for i in torch.nonzero(~done & ~newly).flatten().tolist():
+                if _stopped(tokens[i, : t + 1].tolist(), stop_strings, decode):
+                    newly[i] = True
+        lengths[newly] = t + 1
+        done |= newly
+        if bool(done.all()):
+            break
+        step_in = nxt[:, None]
+        step_pos = step_pos[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
+    if was_training:
+        model.train()
+    rollouts = []
+    for i, prompt in enumerate(prompts):
+        k = int(lengths[i])
+        rollouts.append(
+            Rollout(
+                prompt_ids=list(prompt),
+                response_ids=tokens[i, :k].tolist(),
+                logprobs=logps[i, :k].tolist(),
+                finished=bool(done[i]),
+                meta={"stopped_by_string": bool(done[i]) and (k == 0 or tokens[i, k - 1].item() != eos_id)},
+            )
+        )
+    return rollouts

@@ -1,0 +1,480 @@
+"""The ThinkTuning training loop, one step in the order of the data flow:
+
+prompts -> student rollouts -> guidance (select, teacher, splice, mask) -> rewards -> advantages -> loss ->
+update -> logs. Each arrow calls into the module named after it; this file only wires them together, owns the
+model/optimizer/accelerator, and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from thinktuning import checkpoint as ckpt
+from thinktuning import guidance, runlog
+from thinktuning.advantages import compute_advantages
+from thinktuning.config import ThinkTuningConfig, validate
+from thinktuning.data import DatasetError, Example, load_examples
+from thinktuning.generation import sample
+from thinktuning.logprobs import collate, token_logprobs
+from thinktuning.loss import policy_loss
+from thinktuning.models import ResolvedModel, end_of_turn_id, load_model, load_tokenizer, resolve
+from thinktuning.rewards import AnswerChecker, compute_rewards, correctness_reward, load_reward_function
+from thinktuning.teacher import ModelTeacher, TeacherCase, feedback_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sequence_:
+    """One rollout as trained on: ids, which tokens are shaped, reward and advantage, plus what to log."""
+
+    example: Example
+    group: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    finished: bool
+    student_correct: float = 0.0
+    guided: bool = False
+    teacher_mask: list[int] = field(default_factory=list)
+    shaped_mask: list[int] = field(default_factory=list)
+    teacher_span: tuple[int, int] | None = None
+    opinion: str | None = None
+    no_feedback: bool = False
+    teacher_raw: str | None = None
+    text: str = ""
+    reward: float = 0.0
+    advantage: float = 0.0
+
+
+class ThinkTuningTrainer:
+    """``ThinkTuningTrainer(config).train()`` runs ThinkTuning (or plain GRPO with guidance off)."""
+
+    def __init__(self, config: ThinkTuningConfig, *, resume: bool = False, overwrite: bool = False) -> None:
+        from accelerate import Accelerator
+
+        validate(config)
+        self.cfg = cfg = config
+        if cfg.model.require_gpu and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"config {cfg.preset or ''} has model.require_gpu=true (it is sized for GPUs: student "
+                f"{cfg.model.student}, {cfg.rollout.prompts_per_step}x{cfg.rollout.group_size} rollouts of up to "
+                f"{cfg.rollout.max_new_tokens} tokens per step), but no CUDA GPU is visible. Run it on a GPU machine "
+                "(see configs/accelerate/), or start from cpu-demo on this machine"
+            )
+        self.accelerator = Accelerator()
+        self.is_main = self.accelerator.is_main_process
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.run_dir = Path(cfg.output_dir)
+        if self.is_main:
+            runlog.prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+        self.accelerator.wait_for_everyone()
+
+        self.student_spec = resolve(cfg.model.student, cfg.model.cache_dir)
+        self.tokenizer = load_tokenizer(self.student_spec, cfg.model.trust_remote_code)
+        self.eos_id = end_of_turn_id(self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.examples, self.data_stats = self._load_data()
+        self.total_steps = cfg.max_steps or cfg.epochs * (len(self.examples) // cfg.rollout.prompts_per_step)
+        if self.total_steps < 1:
+            raise DatasetError(
+                f"{len(self.examples)} usable prompts are fewer than rollout.prompts_per_step="
+                f"{cfg.rollout.prompts_per_step}; lower it or use more data"
+            )
+
+        self.resume_from = ckpt.latest_checkpoint(self.run_dir) if resume else None
+        weights = ResolvedModel(str(self.resume_from), str(self.resume_from)) if self.resume_from else self.student_spec
+        model = load_model(weights, cfg.model.dtype, cfg.model.trust_remote_code)
+        model.train()
+        self.teacher, self.ref_model = self._load_teacher_and_ref()
+        from transformers import get_scheduler
+
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        scheduler = get_scheduler(
+            cfg.optim.lr_scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
+            num_training_steps=self.total_steps,
+        )
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.checker = AnswerChecker(timeout_s=cfg.reward.timeout_s)
+        self.reward_funcs = [
+            functools.partial(
+                correctness_reward, answer_fallback=cfg.reward.answer_fallback,
+                zero_if_truncated=cfg.reward.zero_if_truncated, checker=self.checker,
+            ),
+            *[load_reward_function(p) for p in cfg.reward.functions],
+        ]
+        self.start_step = 0
+        if self.resume_from:
+            state = ckpt.load_training_state(self.resume_from, self.optimizer, self.scheduler)
+            self.start_step = int(state["step"])
+            for name in ("metrics.jsonl", "rollouts.jsonl"):
+                if self.is_main:
+                    runlog.truncate_jsonl(self.run_dir / name, self.start_step)
+        if self.is_main:
+            runlog.write_run_header(self.run_dir, cfg, {
+                "student": self.student_spec.__dict__, "total_steps": self.total_steps,
+                "data": self.data_stats.__dict__, "teacher": cfg.teacher.model if cfg.guidance.enabled else None,
+                "resumed_from": str(self.resume_from) if self.resume_from else None,
+            })
+            self.metrics_out = runlog.JsonlWriter(self.run_dir / "metrics.jsonl")
+            self.rollouts_out = runlog.JsonlWriter(self.run_dir / "rollouts.jsonl")
+
+    # ------------------------------------------------------------------------------------------- set-up
+
+    def _load_data(self) -> tuple[list[Example], Any]:
+        d = self.cfg.data
+        examples, stats = load_examples(
+            d.name, d.source, d.split, limit=d.limit or (2000 if d.name == "arithmetic" else None),
+            seed=self.cfg.seed, on_bad_row=d.on_bad_row, levels=d.levels,
+        )
+        if not examples:
+            raise DatasetError(f"dataset {d.name!r} ({d.source or 'default source'}) has no usable rows")
+        self._prompt_ids: dict[str, list[int]] = {}
+        kept = []
+        for ex in examples:
+            ids = self._encode_prompt(ex.prompt)
+            if len(ids) <= self.cfg.rollout.max_prompt_length:
+                self._prompt_ids[ex.id] = ids
+                kept.append(ex)
+        stats.skipped_reasons["prompt longer than rollout.max_prompt_length"] = len(examples) - len(kept)
+        if not kept:
+            raise DatasetError(
+                f"every prompt of {d.name!r} is longer than rollout.max_prompt_length="
+                f"{self.cfg.rollout.max_prompt_length} tokens; raise it"
+            )
+        return kept, stats
+
+    def _encode_prompt(self, text: str) -> list[int]:
+        chat = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+        return self.tokenizer(chat, add_special_tokens=False)["input_ids"]
+
+    def _load_teacher_and_ref(self):
+        """The teacher (frozen initial student by default) and, only when KL is on, a frozen reference."""
+        cfg = self.cfg
+        frozen = None
+        if (cfg.guidance.enabled and cfg.teacher.model == "student-init") or cfg.loss.kl_coef > 0:
+            frozen = load_model(self.student_spec, cfg.model.dtype, cfg.model.trust_remote_code)
+            frozen.requires_grad_(False).eval().to(self.accelerator.device)
+        teacher = None
+        if cfg.guidance.enabled:
+            if cfg.teacher.model == "student-init":
+                t_model, t_tok = frozen, self.tokenizer
+            else:
+                spec = resolve(cfg.teacher.model, cfg.model.cache_dir)
+                t_tok = load_tokenizer(spec, cfg.model.trust_remote_code)
+                t_model = load_model(spec, cfg.model.dtype, cfg.model.trust_remote_code).to(self.accelerator.device)
+            t = cfg.teacher
+            teacher = ModelTeacher(
+                t_model, t_tok, max_reason_tokens=t.max_reason_tokens, max_phrase_tokens=t.max_phrase_tokens,
+                repetition_penalty=t.repetition_penalty, close_with_answer=t.close_with_answer,
+                batch_size=t.batch_size,
+            )
+        return teacher, (frozen if cfg.loss.kl_coef > 0 else None)
+
+    def _step_examples(self, step: int) -> list[Example]:
+        """The prompts of a step: a seeded permutation per epoch, so the data position is a function of step."""
+        b, n = self.cfg.rollout.prompts_per_step, len(self.examples)
+        per_epoch = max(1, n // b)
+        epoch, pos = divmod(step, per_epoch)
+        order = list(range(n))
+        if self.cfg.data.shuffle:
+            random.Random(f"{self.cfg.seed}-epoch-{epoch}").shuffle(order)
+        return [self.examples[i] for i in order[pos * b : (pos + 1) * b]]
+
+    # --------------------------------------------------------------------------------------------- a step
+
+    def train(self) -> list[dict[str, Any]]:
+        """Run from the current step to the end; returns the metrics of the steps run."""
+        history: list[dict[str, Any]] = []
+        started = time.perf_counter()
+        for step in range(self.start_step, self.total_steps):
+            metrics = self.step(step)
+            history.append(metrics)
+            done = step + 1
+            if self.is_main:
+                self.metrics_out.write(metrics)
+                eta = (time.perf_counter() - started) / len(history) * (self.total_steps - done)
+                print(runlog.progress_line(metrics, self.total_steps, eta), flush=True)
+            if done == self.total_steps or (self.cfg.save_every and done % self.cfg.save_every == 0):
+                self.save(done)
+        self.close()
+        return history
+
+    def save(self, step: int) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return None
+        return ckpt.save_checkpoint(
+            self.run_dir, step, self.accelerator.unwrap_model(self.model), self.tokenizer, self.optimizer,
+            self.scheduler, {"total_steps": self.total_steps, "seed": self.cfg.seed}, self.cfg.keep_last,
+        )
+
+    def close(self) -> None:
+        self.checker.close()
+        if self.is_main:
+            self.metrics_out.close()
+            self.rollouts_out.close()
+
+    def step(self, step: int) -> dict[str, Any]:
+        cfg, t0 = self.cfg, time.perf_counter()
+        g = cfg.rollout.group_size
+        examples = self._step_examples(step)
+        prompts = [self._prompt_ids[ex.id] for ex in examples for _ in range(g)]
+
+        # 1. student rollouts (seeded by step: exact resume needs no generator state)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        rollouts = sample(
+            self.accelerator.unwrap_model(self.model), prompts, max_new_tokens=cfg.rollout.max_new_tokens,
+            eos_id=self.eos_id, pad_id=self.pad_id, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+            generator=gen, batch_size=cfg.rollout.batch_size,
+        )
+        seqs = [
+            Sequence_(examples[i // g], i // g, r.prompt_ids, r.response_ids, r.finished,
+                      teacher_mask=[0] * len(r.response_ids))
+            for i, r in enumerate(rollouts)
+        ]
+        t_student = time.perf_counter() - t0
+
+        # what the student does on its own, before any guidance
+        own = self._rewards(seqs, [self._decode(s.response_ids) for s in seqs], correctness_only=True)
+        for s, r in zip(seqs, own, strict=True):
+            s.student_correct = r
+
+        # 2. guidance: choose, ask the teacher, splice, mask
+        t1 = time.perf_counter()
+        p = 0.0
+        if cfg.guidance.enabled:
+            gd = cfg.guidance
+            p = guidance.guidance_probability(
+                step, self.total_steps, schedule=gd.schedule, p_start=gd.p_start, p_end=gd.p_end,
+                decay_fraction=gd.decay_fraction, cutoff_epsilon=gd.cutoff_epsilon,
+            )
+            chosen = guidance.select_guided(
+                [s.finished for s in seqs], g, p, random.Random(f"{cfg.seed}-guide-{step}"), gd.min_per_group
+            )
+            self._guide([seqs[i] for i in chosen], step)
+        t_teacher = time.perf_counter() - t1
+        for s in seqs:
+            s.shaped_mask = guidance.shaped_mask(s.teacher_mask, s.guided, cfg.guidance.mask_scope)
+            s.text = self._decode(s.response_ids)
+
+        # 3. rewards and 4. group advantages (guided rollouts included)
+        rewards = self._rewards(seqs, [s.text for s in seqs])
+        adv = compute_advantages(
+            torch.tensor(rewards, dtype=torch.float32), g, cfg.loss.advantage, cfg.loss.normalize_std
+        )
+        for s, r, a in zip(seqs, rewards, adv.tolist(), strict=True):
+            s.reward, s.advantage = r, a
+
+        # 5. loss and 6. update
+        t2 = time.perf_counter()
+        upd = self._update(seqs)
+        t_update = time.perf_counter() - t2
+
+        # 7. logs
+        metrics = self._metrics(step, seqs, p, upd)
+        metrics.update({
+            "time/student_generate": t_student, "time/teacher_generate": t_teacher, "time/update": t_update,
+            "time/step": time.perf_counter() - t0,
+        })
+        if self.is_main and cfg.log_rollouts:
+            for i, s in enumerate(seqs):
+                self.rollouts_out.write(self._rollout_record(step + 1, i, s))
+        return metrics
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _rewards(self, seqs: list[Sequence_], texts: list[str], correctness_only: bool = False) -> list[float]:
+        columns = {
+            "reference": [s.example.reference for s in seqs],
+            "truncated": [not s.finished for s in seqs],
+            "question": [s.example.question for s in seqs],
+            "solution": [s.example.solution for s in seqs],
+        }
+        funcs = self.reward_funcs[:1] if correctness_only else self.reward_funcs
+        return compute_rewards(funcs, [s.example.prompt for s in seqs], texts, columns)
+
+    def _guide(self, chosen: list[Sequence_], step: int) -> None:
+        """Ask the teacher about each chosen rollout and splice its feedback in (or count 'no feedback')."""
+        if not chosen:
+            return
+        cfg = self.cfg
+        sees = cfg.teacher.sees_reference
+        cases = []
+        for s in chosen:
+            ex = s.example
+            if sees == "solution" and ex.solution:
+                ref, kind = f"{ex.solution}\nFinal answer: {ex.reference}", "solution"
+            elif sees != "none":
+                ref, kind = ex.reference, "answer"
+            else:
+                ref, kind = None, "answer"
+            cases.append(TeacherCase(ex.question, self._decode(s.response_ids), ref, kind,
+                                     ex.reference if sees != "none" else None))
+        results = self.teacher.feedback(cases)
+        continuing = []
+        for s, res in zip(chosen, results, strict=True):
+            s.teacher_raw = res.raw
+            if res.feedback is None:
+                s.no_feedback = True
+                continue
+            text = feedback_text(res.feedback, cfg.guidance.continuation)
+            teacher_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            sp = guidance.splice(
+                s.response_ids, teacher_ids, self.eos_id, max_feedback_tokens=cfg.teacher.max_feedback_tokens,
+                append_eos=cfg.guidance.continuation == "teacher",
+            )
+            student_text = self._decode(s.response_ids[: sp.student_len])
+            s.response_ids, s.teacher_mask = sp.response_ids, sp.teacher_mask
+            s.guided, s.opinion, s.finished = True, res.feedback.opinion, True
+            s.teacher_span = (len(student_text), len(self._decode(s.response_ids)))
+            if cfg.guidance.continuation == "student":
+                continuing.append(s)
+        if continuing:  # the student writes the rest on-policy, after the teacher's reason
+            gen = torch.Generator().manual_seed(self.cfg.seed * 7_000_003 + step)
+            more = sample(
+                self.accelerator.unwrap_model(self.model), [s.prompt_ids + s.response_ids for s in continuing],
+                max_new_tokens=cfg.rollout.max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
+                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generator=gen,
+                batch_size=cfg.rollout.batch_size,
+            )
+            for s, r in zip(continuing, more, strict=True):
+                s.response_ids = s.response_ids + r.response_ids
+                s.teacher_mask = s.teacher_mask + [0] * len(r.response_ids)
+                s.finished = r.finished
+
+    def _update(self, seqs: list[Sequence_]) -> dict[str, float]:
+        """PPO epochs over mini-batches of whole groups; micro-batches accumulate gradients."""
+        cfg = self.cfg
+        g = cfg.rollout.group_size
+        mb_seqs = (cfg.optim.mini_batch_prompts or cfg.rollout.prompts_per_step) * g
+        minibatches = [list(range(i, min(i + mb_seqs, len(seqs)))) for i in range(0, len(seqs), mb_seqs)]
+        reuse_old = cfg.optim.ppo_epochs == 1 and len(minibatches) == 1  # pi_old == pi_theta: skip a pass
+        old = None if reuse_old else self._old_logprobs(seqs)
+        sums: dict[str, float] = {}
+        counts = 0
+        grad_norms = []
+        skipped = 0
+        for _ in range(cfg.optim.ppo_epochs):
+            for mb in minibatches:
+                ntok = sum(len(seqs[i].response_ids) for i in mb)
+                norm = float(ntok) if cfg.loss.aggregation == "token-mean" else float(len(mb))
+                self.optimizer.zero_grad(set_to_none=True)
+                mbs = cfg.optim.micro_batch_size
+                for k in range(0, len(mb), mbs):
+                    idx = mb[k : k + mbs]
+                    out = self._micro_loss([seqs[i] for i in idx], None if old is None else [old[i] for i in idx], norm)
+                    self.accelerator.backward(out.loss)
+                    for key, val in out.metrics.items():
+                        sums[key] = sums.get(key, 0.0) + float(val) * len(idx)
+                    sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach())
+                    counts += len(idx)
+                gn = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
+                gn = float(gn)
+                if not math.isfinite(gn):
+                    skipped += 1  # a poisoned update is dropped, never applied or checkpointed
+                    self.optimizer.zero_grad(set_to_none=True)
+                    log.warning("non-finite gradient norm (%s): update skipped", gn)
+                else:
+                    self.optimizer.step()
+                grad_norms.append(gn)
+                self.scheduler.step()
+        n_updates = cfg.optim.ppo_epochs * len(minibatches)
+        out = {k: v / max(counts, 1) for k, v in sums.items() if k != "loss"}
+        out["loss"] = sums.get("loss", 0.0) / n_updates
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        out["updates_skipped"] = skipped
+        return out
+
+    def _tensors(self, chunk: list[Sequence_]):
+        batch = collate([s.prompt_ids for s in chunk], [s.response_ids for s in chunk], self.pad_id)
+        width = batch.response_ids.shape[1]
+        shaped = torch.zeros((len(chunk), width))
+        for i, s in enumerate(chunk):
+            shaped[i, : len(s.shaped_mask)] = torch.tensor(s.shaped_mask, dtype=torch.float32)
+        return batch, shaped
+
+    @torch.no_grad()
+    def _old_logprobs(self, seqs: list[Sequence_]) -> list[torch.Tensor]:
+        out = []
+        mbs = self.cfg.optim.micro_batch_size
+        for k in range(0, len(seqs), mbs):
+            chunk = seqs[k : k + mbs]
+            batch, _ = self._tensors(chunk)
+            lp = token_logprobs(self.model, batch, self.cfg.rollout.temperature).cpu()
+            out.extend(lp[i, : len(s.response_ids)] for i, s in enumerate(chunk))
+        return out
+
+    def _micro_loss(self, chunk: list[Sequence_], old: list[torch.Tensor] | None, norm: float):
+        cfg = self.cfg
+        batch, shaped = self._tensors(chunk)
+        device = self.accelerator.device
+        logp = token_logprobs(self.model, batch, cfg.rollout.temperature)
+        if old is None:
+            old_logp = logp.detach()
+        else:
+            old_logp = torch.zeros_like(logp)
+            for i, o in enumerate(old):
+                old_logp[i, : len(o)] = o.to(device)
+        ref_logp = None
+        if self.ref_model is not None:
+            with torch.no_grad():
+                ref_logp = token_logprobs(self.ref_model, batch, cfg.rollout.temperature)
+        adv = torch.tensor([s.advantage for s in chunk], dtype=torch.float32, device=device)
+        return policy_loss(
+            logp, old_logp, adv, batch.response_mask.to(device), shaped.to(device), shaping=cfg.loss.shaping,
+            clip_low=cfg.loss.clip_low, clip_high=cfg.loss.clip_high, aggregation=cfg.loss.aggregation,
+            normalizer=norm, ref_logp=ref_logp, kl_coef=cfg.loss.kl_coef,
+        )
+
+    def _metrics(self, step: int, seqs: list[Sequence_], p: float, upd: dict[str, float]) -> dict[str, Any]:
+        rewards = torch.tensor([s.reward for s in seqs])
+        guided = [s for s in seqs if s.guided]
+        unguided = [s for s in seqs if not s.guided]
+        resp_tokens = sum(len(s.response_ids) for s in seqs)
+        teacher_tokens = sum(sum(s.teacher_mask) for s in seqs)
+        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+        return {
+            "step": step + 1,
+            "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std()) if len(seqs) > 1 else 0.0,
+            "accuracy": mean([s.student_correct for s in seqs]),
+            "guidance/p": p,
+            "guidance/fraction": len(guided) / len(seqs),
+            "guidance/guided": len(guided),
+            "guidance/no_feedback": sum(s.no_feedback for s in seqs),
+            "guidance/teacher_token_fraction": teacher_tokens / max(resp_tokens, 1),
+            "guidance/reward_guided": mean([s.reward for s in guided]),
+            "guidance/reward_unguided": mean([s.reward for s in unguided]),
+            "loss": upd.pop("loss"),
+            "loss/shaped_weight_mean": upd.get("shaped_weight_mean", 0.0),
+            "clip_fraction": upd.get("clip_fraction", 0.0),
+            "grad_norm": upd.pop("grad_norm"),
+            "lr": self.scheduler.get_last_lr()[0],
+            "response_length/mean": resp_tokens / len(seqs),
+            "truncated_fraction": mean([0.0 if s.finished else 1.0 for s in seqs]),
+            "reward/checker_timeouts": self.checker.timeouts,
+            **{f"loss/{k}": v for k, v in upd.items()},
+        }
+
+    def _rollout_record(self, step: int, index: int, s: Sequence_) -> dict[str, Any]:
+        return {
+            "step": step, "group": s.group, "index": index, "example_id": s.example.id,
+            "question": s.example.question, "reference": s.example.reference, "response": s.text,
+            "guided": s.guided, "teacher_span": list(s.teacher_span) if s.teacher_span else None,
+            "opinion": s.opinion, "no_feedback": s.no_feedback, "teacher_raw": s.teacher_raw,
+            "finished": s.finished, "student_correct": s.student_correct, "reward": s.reward,
+            "advantage": s.advantage, "response_tokens": len(s.response_ids),
+        }
