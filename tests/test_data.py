@@ -77,7 +77,7 @@ def test_arithmetic_levels_and_answers():
         assert ex.solution is not None and ex.solution.endswith(f"= {answer}.")
         if level == 1:
             a, b = (int(x) for x in re.findall(r"\d+", ex.question))
-            assert 1 <= a <= 99 and 1 <= b <= 99 and a + b == answer
+            assert 1 <= a <= 9 and 1 <= b <= 9 and a + b == answer  # single digits
         elif level == 2 and ex.question.startswith("What is"):
             expr = ex.question.removeprefix("What is ").rstrip("?")
             assert re.fullmatch(r"[\d +-]+", expr) and eval(expr) == answer

@@ -62,18 +62,21 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except OSError as err:
+    except Exception as err:  # torch and safetensors report a full disk as RuntimeError/SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(run)
         kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
-        if err.errno == errno.ENOSPC:
+        full = getattr(err, "errno", None) == errno.ENOSPC or "write failed" in str(err) or "No space" in str(err)
+        if full:
             raise CheckpointError(
                 f"no space left on the device while writing checkpoint step {step} in {root}; {kept}. Free disk "
                 "space (or lower keep_last), then rerun with --resume"
             ) from err
         raise CheckpointError(f"could not write checkpoint step {step} in {root}: {err}; {kept}") from err
-    for old in list_checkpoints(run)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    complete = [p for p in list_checkpoints(run) if (p / "trainer_state.json").is_file()]
+    for old in complete[:-keep_last]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -85,7 +88,7 @@ def load_training_state(path: Path, optimizer, scheduler) -> dict[str, Any]:
         rng = torch.load(path / "rng.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
         return json.loads((path / "trainer_state.json").read_text())
-    except (OSError, RuntimeError, ValueError, KeyError) as err:
+    except Exception as err:  # the files are untrusted data: any failure to read them means "unreadable"
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:200]}); delete it to resume from "
             "the one before, or start again with --overwrite"

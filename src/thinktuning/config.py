@@ -82,6 +82,7 @@ class TeacherConfig:
     max_feedback_tokens: int = 512
     """Spliced feedback (reason + phrase) longer than this many student tokens is cut (recipe: 512)."""
     repetition_penalty: float = 1.0
+    """CTRL-style penalty on tokens the teacher already wrote in its feedback (1.0 = off)."""
     close_with_answer: bool = True
     """If the phrase has no ``\\boxed{}``, write 'The final answer is \\boxed{' and let the teacher (or, when it
     sees the reference, the reference) complete it, so the format cannot be lost."""
@@ -184,6 +185,12 @@ class ThinkTuningConfig:
             out.append("guidance.continuation=student: the student writes the answer after the teacher's reason")
         if self.guidance.enabled and self.guidance.mask_scope == "teacher":
             out.append("guidance.mask_scope=teacher: only teacher tokens are shaped (recipe: the whole rollout)")
+        if self.loss.shaping != "aas":
+            out.append(f"loss.shaping={self.loss.shaping}: guided tokens are not shaped with the paper's AAS")
+        if self.loss.kl_coef > 0:
+            out.append(f"loss.kl_coef={self.loss.kl_coef}: a KL term the recipe does not have")
+        if self.loss.aggregation != "token-mean":
+            out.append(f"loss.aggregation={self.loss.aggregation}: the recipe averages over all tokens")
         if self.reward.answer_fallback != "none":
             out.append("reward.answer_fallback=last_number: responses without \\boxed{} are scored by last number")
         return out
@@ -213,16 +220,33 @@ def load_config(
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r} (example: --set rollout.group_size=5)")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
-            value = raw
-        set_field(cfg, key.strip(), value)
+        set_field(cfg, key.strip(), _parse_override(cfg, key.strip(), raw))
     for key, value in fields.items():
         if value is not None:
             set_field(cfg, key, value)
     validate(cfg)
     return cfg
+
+
+def _parse_override(cfg: ThinkTuningConfig, key: str, raw: str) -> Any:
+    """YAML-parse a --set value, except for plain text fields, which keep the text exactly as typed
+    (``output_dir=2025-01-15`` is a folder name, not a date)."""
+    obj: Any = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+        obj = getattr(obj, part, None)
+        if not dataclasses.is_dataclass(obj):
+            break
+    else:
+        if dataclasses.is_dataclass(obj) and parts[-1] in {f.name for f in dataclasses.fields(obj)}:
+            tp = typing.get_type_hints(type(obj))[parts[-1]]
+            if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType)
+                             and str in typing.get_args(tp) and raw.strip().lower() not in ("null", "none", "~")):
+                return raw
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        return raw
 
 
 def _read_yaml(name: str) -> dict[str, Any]:
@@ -331,7 +355,9 @@ def _coerce(value: Any, tp: Any, dotted: str) -> Any:
     if origin is list:
         (inner,) = typing.get_args(tp)
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # --set data.levels=1 arrives from YAML as a scalar
         if not isinstance(value, (list, tuple)):
             raise bad
         return [_coerce(v, inner, dotted) for v in value]

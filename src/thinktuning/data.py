@@ -107,14 +107,18 @@ class _Problem:
 
 
 def _level1(rng: random.Random) -> _Problem:
-    a, b = rng.randint(1, 99), rng.randint(1, 99)
+    # single digits: the level SmolLM2-135M solves sometimes (measured ~17% at temperature 1), so RL has signal
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
     form = rng.choice(["What is {a} + {b}?", "Compute {a} + {b}.", "Add {a} and {b}.",
                        "What is the sum of {a} and {b}?"])
     return _Problem(("+", *sorted((a, b))), form.format(a=a, b=b), a + b, f"{a} + {b} = {a + b}.")
 
 
 def _level2(rng: random.Random) -> _Problem:
-    kind = rng.choice(["add", "sub", "three"])
+    kind = rng.choice(["add", "sub", "three", "two-digit"])
+    if kind == "two-digit":
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        return _Problem(("+", *sorted((a, b))), f"What is {a} + {b}?", a + b, f"{a} + {b} = {a + b}.")
     if kind == "three":
         a, b, c = (rng.randint(2, 20) for _ in range(3))
         total = a + b + c
@@ -221,10 +225,12 @@ def _check_levels(levels: Sequence[int]) -> tuple[int, ...]:
 def make_arithmetic(
     n: int, seed: int, levels: Sequence[int] = (1, 2, 3), *, split: str = "train"
 ) -> list[Example]:
-    """``n`` distinct arithmetic problems, cycling through ``levels`` so every level is equally represented.
+    """``n`` arithmetic problems, cycling through ``levels`` so every level is equally represented.
 
-    Levels: 1 = one addition of 1–2 digit numbers; 2 = 2–3 digit addition/subtraction or three small
-    addends; 3 = one-step word problems; 4 = two-step word problems. Answers are non-negative integers.
+    Problems are distinct (by computation and wording) while the level's space lasts; a small level (single
+    digits) then repeats problems rather than failing, which is what a long training run on it needs.
+    Levels: 1 = one addition of single digits; 2 = two-digit addition, 2–3 digit addition/subtraction or three
+    small addends; 3 = one-step word problems; 4 = two-step word problems. Answers are non-negative integers.
     The same (n, seed, levels, split) always gives the same list; ``split`` both seeds a separate random
     stream and selects a disjoint part of the problem space (see ``_in_split``).
     """
@@ -236,15 +242,17 @@ def make_arithmetic(
     out: list[Example] = []
     misses = 0  # consecutive rejected draws; many in a row means this part of the space is used up
     while len(out) < n:
-        if misses > 20000:
-            raise DatasetError(f"cannot make {n} distinct arithmetic problems of levels {list(levels)} for "
+        if misses > 100_000:
+            raise DatasetError(f"cannot make {n} arithmetic problems of levels {list(levels)} for "
                                f"split {split!r}; ask for fewer (data.limit) or add levels")
         problem = _GENERATORS[levels[len(out) % len(levels)]](rng)
-        if problem.key in seen or not _in_split(problem.key, split):
+        ident = (problem.key, problem.question)
+        exhausted = misses > 2000  # this level's distinct problems are used up: allow repeats
+        if not _in_split(problem.key, split) or (ident in seen and not exhausted):
             misses += 1
             continue
         misses = 0
-        seen.add(problem.key)
+        seen.add(ident)
         out.append(Example(id=f"arithmetic/{split}/seed{seed}/{len(out)}", question=problem.question,
                            prompt=build_prompt(problem.question), reference=str(problem.answer),
                            solution=problem.solution))

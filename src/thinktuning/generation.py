@@ -8,8 +8,10 @@ position ids so padding does not shift positions, a ``DynamicCache``, stop at en
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -160,3 +162,97 @@ def _sample_batch(
             )
         )
     return rollouts
+
+
+class DecodeSession:
+    """A batch decoded in phases on one KV cache: feed text, generate, feed more text, generate again.
+
+    The teacher fills three fields one after the other; re-reading its ~1,300-token prompt for every field
+    (and every step) was most of its cost. Here the prompt is read once, and the few-shot prefix that every
+    request shares can be read once per run (``prefix``: a batch-1 cache and its length) and copied per batch.
+    Rows advance unevenly: a row that stopped is fed padding with attention mask 0, so the cache stays aligned
+    and the padding is never attended to.
+    """
+
+    def __init__(self, model, n: int, pad_id: int, prefix: tuple[Any, int] | None = None) -> None:
+        from transformers import DynamicCache
+
+        self.model, self.n, self.pad_id = model, n, pad_id
+        self.device = next(model.parameters()).device
+        if prefix is not None:
+            cache, length = prefix
+            self.cache = copy.deepcopy(cache)
+            if n > 1:
+                self.cache.batch_repeat_interleave(n)
+            self.mask = torch.ones((n, length), dtype=torch.long, device=self.device)
+            self.next_pos = torch.full((n,), length, dtype=torch.long, device=self.device)
+        else:
+            self.cache = DynamicCache()
+            self.mask = torch.zeros((n, 0), dtype=torch.long, device=self.device)
+            self.next_pos = torch.zeros((n,), dtype=torch.long, device=self.device)
+        self.last_logits: torch.Tensor | None = None
+        self.history: list[list[int]] = [[] for _ in range(n)]
+
+    @torch.no_grad()
+    def _forward(self, ids: torch.Tensor, new_mask: torch.Tensor) -> torch.Tensor:
+        pos = self.next_pos[:, None] + (new_mask.cumsum(-1) - 1).clamp(min=0)
+        self.mask = torch.cat([self.mask, new_mask], dim=1)
+        logits = self.model(
+            input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
+            use_cache=True, logits_to_keep=1,
+        ).logits[:, -1, :].float()
+        self.next_pos = self.next_pos + new_mask.sum(-1)
+        active = new_mask.sum(-1) > 0
+        if self.last_logits is None:
+            self.last_logits = logits
+        else:
+            self.last_logits = torch.where(active[:, None], logits, self.last_logits)
+        return logits
+
+    def feed(self, rows: Sequence[Sequence[int]]) -> None:
+        """Append each row's tokens (rows may differ in length, or be empty)."""
+        ids, mask = left_pad([list(r) for r in rows], self.pad_id)
+        self._forward(ids.to(self.device), mask.to(self.device))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        max_new_tokens: int,
+        *,
+        eos_id: int,
+        stop_strings: Sequence[str] = (),
+        decode=None,
+        repetition_penalty: float = 1.0,
+        rows: Sequence[int] | None = None,
+    ) -> list[list[int]]:
+        """Greedy-decode the rows in ``rows`` (default all) until eos, a stop string or the limit.
+
+        ``repetition_penalty`` applies to the tokens this session has generated (the teacher's own fields), not
+        to its prompt: penalising the demonstrations' words would push a small teacher away from the format.
+        """
+        from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+        if self.last_logits is None:
+            raise RuntimeError("feed the session before generating")
+        penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty) if repetition_penalty != 1.0 else None
+        active = torch.zeros(self.n, dtype=torch.bool)
+        active[list(range(self.n)) if rows is None else list(rows)] = True
+        out: list[list[int]] = [[] for _ in range(self.n)]
+        for _ in range(max_new_tokens):
+            if not bool(active.any()):
+                break
+            logits = self.last_logits
+            if penalty is not None:
+                seen, _ = left_pad([h or [self.pad_id] for h in self.history], self.pad_id)
+                logits = penalty(seen.to(self.device), logits.clone())
+            nxt = logits.argmax(-1).cpu()
+            nxt = torch.where(active, nxt, torch.full_like(nxt, self.pad_id))
+            for i in torch.nonzero(active).flatten().tolist():
+                tok = int(nxt[i])
+                out[i].append(tok)
+                self.history[i].append(tok)
+            self._forward(nxt[:, None].to(self.device), active.long()[:, None].to(self.device))
+            for i in torch.nonzero(active).flatten().tolist():
+                if out[i][-1] == eos_id or (stop_strings and _stopped(out[i], tuple(stop_strings), decode)):
+                    active[i] = False
+        return out

@@ -127,7 +127,13 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = _from_pretrained(AutoTokenizer, resolved, trust_remote_code=trust_remote_code)
+    try:
+        tok = _from_pretrained(AutoTokenizer, resolved, trust_remote_code=trust_remote_code)
+    except ValueError as err:  # e.g. a model folder without tokenizer files
+        raise ModelNotFoundError(
+            f"model {resolved.spec!r}: no usable tokenizer at {resolved.path} ({str(err).splitlines()[0][:200]}). "
+            "A model folder needs its tokenizer files (tokenizer.json / tokenizer_config.json) beside config.json"
+        ) from err
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # padding positions are masked out everywhere
     if not getattr(tok, "chat_template", None):

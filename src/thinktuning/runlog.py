@@ -6,6 +6,7 @@ Only the main process writes here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -25,9 +26,11 @@ class RunFolderError(RuntimeError):
     """The output folder cannot be used as asked (exists from another run, not a run folder, ...)."""
 
 
-def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
-    """Create or reuse the output folder, refusing to mix two runs in one folder."""
+def check_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Raise RunFolderError if the folder cannot be used as asked (without changing anything)."""
     run = Path(path)
+    if run.exists() and not run.is_dir():
+        raise RunFolderError(f"output path {run} is a file, not a folder; choose another --output-dir")
     exists = run.exists() and any(run.iterdir())
     is_run = (run / "config.yaml").is_file()
     if exists and not (resume or overwrite):
@@ -36,12 +39,18 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
             f"output folder {run} already holds {what}. Add --resume to continue it, --overwrite to replace it, "
             "or choose another --output-dir"
         )
-    if exists and overwrite and not resume:
-        if not is_run:
-            raise RunFolderError(
-                f"--overwrite refused: {run} is not a thinktuning run folder (no config.yaml); remove it yourself "
-                "or choose another --output-dir"
-            )
+    if exists and overwrite and not resume and not is_run:
+        raise RunFolderError(
+            f"--overwrite refused: {run} is not a thinktuning run folder (no config.yaml); remove it yourself "
+            "or choose another --output-dir"
+        )
+
+
+def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
+    """Create or reuse the output folder, refusing to mix two runs in one folder."""
+    check_run_dir(path, resume=resume, overwrite=overwrite)
+    run = Path(path)
+    if run.exists() and any(run.iterdir()) and overwrite and not resume:
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     return run
@@ -50,10 +59,8 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> Path:
 def package_versions() -> dict[str, str]:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for name in ("thinktuning", "torch", "transformers", "accelerate", "datasets", "math-verify"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

@@ -21,7 +21,7 @@ import torch
 from thinktuning import checkpoint as ckpt
 from thinktuning import guidance, runlog
 from thinktuning.advantages import compute_advantages
-from thinktuning.config import ThinkTuningConfig, validate
+from thinktuning.config import ConfigError, ThinkTuningConfig, validate
 from thinktuning.data import DatasetError, Example, load_examples
 from thinktuning.generation import sample
 from thinktuning.logprobs import collate, token_logprobs
@@ -64,7 +64,7 @@ class ThinkTuningTrainer:
         validate(config)
         self.cfg = cfg = config
         if cfg.model.require_gpu and not torch.cuda.is_available():
-            raise RuntimeError(
+            raise ConfigError(
                 f"config {cfg.preset or ''} has model.require_gpu=true (it is sized for GPUs: student "
                 f"{cfg.model.student}, {cfg.rollout.prompts_per_step}x{cfg.rollout.group_size} rollouts of up to "
                 f"{cfg.rollout.max_new_tokens} tokens per step), but no CUDA GPU is visible. Run it on a GPU machine "
@@ -75,9 +75,8 @@ class ThinkTuningTrainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.run_dir = Path(cfg.output_dir)
-        if self.is_main:
-            runlog.prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
-        self.accelerator.wait_for_everyone()
+        if self.is_main:  # refuse a foreign folder before any slow loading; create it only once inputs are valid
+            runlog.check_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
 
         self.student_spec = resolve(cfg.model.student, cfg.model.cache_dir)
         self.tokenizer = load_tokenizer(self.student_spec, cfg.model.trust_remote_code)
@@ -91,6 +90,9 @@ class ThinkTuningTrainer:
                 f"{cfg.rollout.prompts_per_step}; lower it or use more data"
             )
 
+        if self.is_main:
+            runlog.prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+        self.accelerator.wait_for_everyone()
         self.resume_from = ckpt.latest_checkpoint(self.run_dir) if resume else None
         weights = ResolvedModel(str(self.resume_from), str(self.resume_from)) if self.resume_from else self.student_spec
         model = load_model(weights, cfg.model.dtype, cfg.model.trust_remote_code)

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from thinktuning.generation import left_pad, positions_from_mask, sample
+from thinktuning.generation import DecodeSession
 from thinktuning.models import end_of_turn_id
 from thinktuning.teacher.prompt import Feedback, build_messages, parse_feedback
 
@@ -83,6 +81,7 @@ class ModelTeacher:
         self.eos_id = end_of_turn_id(tokenizer)
         self.pad_id = tokenizer.pad_token_id
         self._opinion_ids = [self._ids(o)[0] for o in ("correct", "incorrect")]
+        self._prefix: tuple[str, tuple | None] | None = None
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
@@ -93,68 +92,87 @@ class ModelTeacher:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _fill(self, prefixes: list[str], max_tokens: int, stop: str) -> list[str]:
-        """Greedy-decode each prefix until ``stop`` (excluded from the result) or ``max_tokens``."""
-        rollouts = sample(
-            self.model, [self._ids(p) for p in prefixes], max_new_tokens=max_tokens, eos_id=self.eos_id,
-            pad_id=self.pad_id, greedy=True, batch_size=self.batch_size, stop_strings=(stop,),
-            decode=self._decode, repetition_penalty=self.repetition_penalty,
-        )
-        return [self._decode(r.response_ids).split(stop)[0] for r in rollouts]
+    def _shared_prefix(self) -> tuple[str, tuple | None]:
+        """The chat text every request starts with (system + demonstrations), read into a KV cache once.
 
-    @torch.no_grad()
-    def _opinions(self, prefixes: list[str]) -> list[str]:
-        out = []
-        for start in range(0, len(prefixes), self.batch_size):
-            chunk = [self._ids(p) for p in prefixes[start : start + self.batch_size]]
-            ids, mask = left_pad(chunk, self.pad_id)
-            device = next(self.model.parameters()).device
-            logits = self.model(
-                input_ids=ids.to(device), attention_mask=mask.to(device),
-                position_ids=positions_from_mask(mask).to(device), use_cache=False, logits_to_keep=1,
-            ).logits[:, -1, :]
-            pick = logits[:, self._opinion_ids].argmax(-1).tolist()
-            out.extend("correct" if k == 0 else "incorrect" for k in pick)
-        return out
+        Found as the common prefix of two renderings that differ only in the final question, cut back to a line
+        break so that tokenizing prefix and rest separately cannot split a token differently.
+        """
+        if self._prefix is None:
+            a = chat_prefix(self.tokenizer, build_messages("A", "B"))
+            b = chat_prefix(self.tokenizer, build_messages("C", "D"))
+            n = 0
+            while n < min(len(a), len(b)) and a[n] == b[n]:
+                n += 1
+            text = a[: a.rfind("\n", 0, n) + 1]
+            cache = None
+            if text:
+                session = DecodeSession(self.model, 1, self.pad_id)
+                ids = self._ids(text)
+                session.feed([ids])
+                cache = (session.cache, len(ids))
+            self._prefix = (text, cache)
+        return self._prefix
 
     def feedback(self, cases: list[TeacherCase]) -> list[TeacherResult]:
-        if not cases:
-            return []
-        bases = [
+        out: list[TeacherResult] = []
+        for start in range(0, len(cases), self.batch_size):
+            out.extend(self._feedback_batch(cases[start : start + self.batch_size]))
+        return out
+
+    def _gen(self, session: DecodeSession, max_tokens: int, stop: str, rows=None) -> list[str]:
+        ids = session.generate(
+            max_tokens, eos_id=self.eos_id, stop_strings=(stop,), decode=self._decode,
+            repetition_penalty=self.repetition_penalty, rows=rows,
+        )
+        return [self._decode(x) for x in ids]
+
+    def _feedback_batch(self, cases: list[TeacherCase]) -> list[TeacherResult]:
+        prefix_text, prefix_cache = self._shared_prefix()
+        texts = [
             chat_prefix(self.tokenizer, build_messages(c.question, c.response, c.reference, c.reference_kind))
+            + "<opinion>"
             for c in cases
         ]
-        opinions = self._opinions([b + "<opinion>" for b in bases])
-        reason_prefix = [b + f"<opinion>{o}</opinion>\n<reason>" for b, o in zip(bases, opinions, strict=True)]
-        reasons = [r.strip() for r in self._fill(reason_prefix, self.max_reason_tokens, "</reason>")]
-        phrase_prefix = [p + f"{r}</reason>\n<phrase>" for p, r in zip(reason_prefix, reasons, strict=True)]
-        phrases = [p.strip() for p in self._fill(phrase_prefix, self.max_phrase_tokens, "</phrase>")]
+        shared = prefix_cache is not None and all(t.startswith(prefix_text) for t in texts)
+        session = DecodeSession(self.model, len(cases), self.pad_id, prefix_cache if shared else None)
+        session.feed([self._ids(t[len(prefix_text):] if shared else t) for t in texts])
+        # 1. opinion: the likelier of the two words, so it is always valid
+        pick = session.last_logits[:, self._opinion_ids].argmax(-1).tolist()
+        opinions = ["correct" if k == 0 else "incorrect" for k in pick]
+        session.feed([self._ids(f"{o}</opinion>\n<reason>") for o in opinions])
+        # 2. reason, stopped at its closing tag
+        raw = self._gen(session, self.max_reason_tokens, "</reason>")
+        reasons = [r.split("</reason>")[0].strip() for r in raw]
+        session.feed([self._ids(("" if "</reason>" in r else "</reason>") + "\n<phrase>") for r in raw])
+        # 3. phrase, stopped at its closing tag
+        raw = self._gen(session, self.max_phrase_tokens, "</phrase>")
+        phrases = [p.split("</phrase>")[0].strip() for p in raw]
         if self.close_with_answer:
-            phrases = self._close(cases, phrase_prefix, phrases)
+            phrases = self._close(cases, session, phrases)
         results = []
         for o, r, p in zip(opinions, reasons, phrases, strict=True):
-            raw = f"<opinion>{o}</opinion>\n<reason>{r}</reason>\n<phrase>{p}</phrase>"
-            fb = parse_feedback(raw)
-            results.append(TeacherResult(fb, raw, None if fb else "unusable feedback (empty field or no answer)"))
+            text = f"<opinion>{o}</opinion>\n<reason>{r}</reason>\n<phrase>{p}</phrase>"
+            fb = parse_feedback(text)
+            results.append(TeacherResult(fb, text, None if fb else "unusable feedback (empty field or no answer)"))
         return results
 
-    def _close(self, cases: list[TeacherCase], prefixes: list[str], phrases: list[str]) -> list[str]:
+    def _close(self, cases: list[TeacherCase], session: DecodeSession, phrases: list[str]) -> list[str]:
         """Give every phrase a final ``\\boxed{}`` answer, so the spliced rollout can be graded."""
-        todo = [i for i, p in enumerate(phrases) if not has_final_answer(p)]
         need_model = []
-        for i in todo:
-            sep = " " if phrases[i] else ""
+        for i, p in enumerate(phrases):
+            if has_final_answer(p):
+                continue
+            sep = " " if p else ""
             if cases[i].answer is not None and cases[i].reference is not None:
-                phrases[i] = f"{phrases[i]}{sep}{CLOSING}{cases[i].answer}}}."
+                phrases[i] = f"{p}{sep}{CLOSING}{cases[i].answer}}}."
             else:
                 need_model.append(i)
         if need_model:
-            starts = [
-                prefixes[i] + phrases[i] + (" " if phrases[i] else "") + CLOSING for i in need_model
-            ]
-            answers = self._fill(starts, 24, "}")
-            for i, ans in zip(need_model, answers, strict=True):
-                ans = ans.strip()
+            session.feed([self._ids(" " + CLOSING) if i in need_model else [] for i in range(len(phrases))])
+            answers = self._gen(session, 24, "}", rows=need_model)
+            for i in need_model:
+                ans = answers[i].split("}")[0].strip()
                 if ans and "{" not in ans:
                     sep = " " if phrases[i] else ""
                     phrases[i] = f"{phrases[i]}{sep}{CLOSING}{ans}}}."

@@ -1,0 +1,192 @@
+"""Student rollouts on a tiny random Llama: padding layout, greedy/sampled decoding, stopping, and the key
+invariant that the log-probs recorded while sampling equal the trainer's log-probs of the same tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from thinktuning.generation import left_pad, positions_from_mask, sample
+from thinktuning.logprobs import collate, token_logprobs
+
+PAD = 0
+# different lengths, so the batch is left-padded
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+
+
+def greedy_by_hand(model, prompt: list[int], n: int) -> list[int]:
+    """Argmax decoding with a full forward pass over the unpadded sequence at every step (no cache)."""
+    seq = list(prompt)
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(input_ids=torch.tensor([seq])).logits[0, -1]
+            nxt = int(logits.argmax())
+            out.append(nxt)
+            seq.append(nxt)
+    return out
+
+
+def letters(ids) -> str:
+    """Toy decode: token id -> one letter."""
+    return "".join(chr(ord("a") + int(i) % 26) for i in ids)
+
+
+# ---------------------------------------------------------------------------------------------- padding
+
+
+def test_left_pad_hand_checked() -> None:
+    ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert ids.dtype == torch.long
+
+
+def test_left_pad_with_an_empty_row_and_other_pad_id() -> None:
+    ids, mask = left_pad([[], [5, 6]], pad_id=9)
+    assert ids.tolist() == [[9, 9], [5, 6]]
+    assert mask.tolist() == [[0, 0], [1, 1]]
+
+
+def test_positions_start_at_zero_on_first_real_token() -> None:
+    _, mask = left_pad([[1, 2, 3], [4]], pad_id=0)
+    assert positions_from_mask(mask).tolist() == [[0, 1, 2], [0, 0, 0]]
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
+    assert positions_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
+
+
+# ------------------------------------------------------------------------------------ log-prob invariant
+
+
+def test_sampled_logprobs_equal_trainer_logprobs(tiny_model) -> None:
+    gen = torch.Generator().manual_seed(1)
+    first = sample(tiny_model, PROMPTS, max_new_tokens=8, eos_id=63, pad_id=PAD, generator=gen)
+    # make rows end at different lengths: use a token row 0 sampled at position 2 as eos, same random stream
+    eos = first[0].response_ids[2]
+    gen = torch.Generator().manual_seed(1)
+    rollouts = sample(tiny_model, PROMPTS, max_new_tokens=8, eos_id=eos, pad_id=PAD, generator=gen)
+    lengths = [len(r.response_ids) for r in rollouts]
+    assert rollouts[0].finished and lengths[0] <= 3
+    assert len(set(lengths)) > 1, lengths  # precondition: right padding is exercised
+
+    batch = collate(PROMPTS, [r.response_ids for r in rollouts], PAD)
+    with torch.no_grad():
+        trainer = token_logprobs(tiny_model, batch)
+    for i, r in enumerate(rollouts):
+        assert r.prompt_ids == PROMPTS[i]
+        assert len(r.logprobs) == len(r.response_ids)
+        torch.testing.assert_close(
+            trainer[i, : len(r.logprobs)], torch.tensor(r.logprobs), atol=1e-4, rtol=0
+        )
+        assert trainer[i, len(r.logprobs) :].abs().sum().item() == 0.0
+    # the wide-init model is far from uniform: log-probs are not all log(1/64) = -4.159
+    assert max(abs(lp + 4.1589) for r in rollouts for lp in r.logprobs) > 0.5
+
+
+def test_sampled_logprobs_with_temperature_match_trainer(tiny_model) -> None:
+    gen = torch.Generator().manual_seed(5)
+    rollouts = sample(
+        tiny_model, PROMPTS, max_new_tokens=6, eos_id=63, pad_id=PAD, generator=gen, temperature=2.0
+    )
+    batch = collate(PROMPTS, [r.response_ids for r in rollouts], PAD)
+    with torch.no_grad():
+        hot = token_logprobs(tiny_model, batch, temperature=2.0)
+        cold = token_logprobs(tiny_model, batch, temperature=1.0)
+    for i, r in enumerate(rollouts):
+        torch.testing.assert_close(hot[i, : len(r.logprobs)], torch.tensor(r.logprobs), atol=1e-4, rtol=0)
+    # the recorded log-probs are of the temperature-scaled policy, not the T=1 one
+    assert (hot - cold).abs().max().item() > 1e-2
+
+
+def test_batch_size_does_not_change_greedy_results(tiny_model) -> None:
+    together = sample(tiny_model, PROMPTS, max_new_tokens=6, eos_id=63, pad_id=PAD, greedy=True)
+    alone = sample(tiny_model, PROMPTS, max_new_tokens=6, eos_id=63, pad_id=PAD, greedy=True, batch_size=1)
+    for a, b in zip(together, alone, strict=True):
+        assert a.response_ids == b.response_ids
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+def test_greedy_equals_argmax_by_hand(tiny_model) -> None:
+    rollouts = sample(tiny_model, PROMPTS, max_new_tokens=6, eos_id=63, pad_id=PAD, greedy=True)
+    for prompt, r in zip(PROMPTS, rollouts, strict=True):
+        expected = greedy_by_hand(tiny_model, prompt, 6)
+        assert 63 not in expected  # precondition: eos never reached, so all 6 tokens are generated
+        assert r.response_ids == expected
+        assert r.finished is False
+
+
+def test_eos_stops_a_row_without_disturbing_the_others(tiny_model) -> None:
+    first = {i: greedy_by_hand(tiny_model, p, 6) for i, p in enumerate(PROMPTS)}
+    eos = first[1][0]  # row 1's first greedy token
+    assert eos not in first[0] and eos not in first[2]  # precondition for rows 0 and 2
+    rollouts = sample(tiny_model, PROMPTS, max_new_tokens=6, eos_id=eos, pad_id=PAD, greedy=True)
+    assert rollouts[1].response_ids == [eos]
+    assert rollouts[1].finished is True
+    assert rollouts[1].meta["stopped_by_string"] is False
+    assert len(rollouts[1].logprobs) == 1
+    for i in (0, 2):
+        assert rollouts[i].response_ids == first[i]
+        assert rollouts[i].finished is False
+
+
+def test_length_limit_leaves_row_unfinished(tiny_model) -> None:
+    gen = torch.Generator().manual_seed(0)
+    eos = 63
+    rollouts = sample(tiny_model, PROMPTS, max_new_tokens=5, eos_id=eos, pad_id=PAD, generator=gen)
+    cut = [r for r in rollouts if eos not in r.response_ids]
+    assert cut, "precondition: some row never sampled the eos token"
+    for r in cut:
+        assert r.finished is False
+        assert len(r.response_ids) == 5
+        assert len(r.logprobs) == 5
+
+
+def test_all_rows_finishing_stops_the_loop_early(tiny_model) -> None:
+    # the same prompt three times: every row stops on its first greedy token
+    eos = greedy_by_hand(tiny_model, PROMPTS[0], 1)[0]
+    rollouts = sample(tiny_model, [PROMPTS[0]] * 3, max_new_tokens=50, eos_id=eos, pad_id=PAD, greedy=True)
+    assert [r.response_ids for r in rollouts] == [[eos]] * 3
+    assert all(r.finished for r in rollouts)
+
+
+def test_seeded_generator_is_reproducible(tiny_model) -> None:
+    a = sample(tiny_model, PROMPTS, max_new_tokens=8, eos_id=63, pad_id=PAD,
+               generator=torch.Generator().manual_seed(42))
+    b = sample(tiny_model, PROMPTS, max_new_tokens=8, eos_id=63, pad_id=PAD,
+               generator=torch.Generator().manual_seed(42))
+    assert [r.response_ids for r in a] == [r.response_ids for r in b]
+    assert [r.logprobs for r in a] == [r.logprobs for r in b]
+    c = sample(tiny_model, PROMPTS, max_new_tokens=8, eos_id=63, pad_id=PAD,
+               generator=torch.Generator().manual_seed(43))
+    assert [r.response_ids for r in a] != [r.response_ids for r in c]
+
+
+def test_stop_string_ends_a_row(tiny_model) -> None:
+    full = greedy_by_hand(tiny_model, PROMPTS[0], 8)
+    text = letters(full)
+    # the first position k >= 1 whose letter has not appeared before: generation must stop right after it
+    k = next(j for j in range(1, 8) if text[j] not in text[:j])
+    stop = text[k]
+    rollouts = sample(
+        tiny_model, PROMPTS[:1], max_new_tokens=8, eos_id=63, pad_id=PAD, greedy=True,
+        stop_strings=[stop], decode=letters,
+    )
+    r = rollouts[0]
+    assert r.response_ids == full[: k + 1]
+    assert r.finished is True
+    assert r.meta["stopped_by_string"] is True
+
+
+def test_stop_strings_need_a_decode_function(tiny_model) -> None:
+    with pytest.raises(ValueError, match="decode function"):
+        sample(tiny_model, PROMPTS, max_new_tokens=2, eos_id=63, pad_id=PAD, stop_strings=["x"])
+
+
+def test_sample_restores_training_mode(make_model) -> None:
+    model = make_model(seed=3)
+    model.train()
+    sample(model, PROMPTS[:1], max_new_tokens=2, eos_id=63, pad_id=PAD, greedy=True)
+    assert model.training is True
