@@ -32,7 +32,7 @@ def _one_torch_thread_for_tiny_models(request):
     """Tiny models run ~100x faster on one thread than on two contended ones (thread hand-off dominates a
     forward pass of a few microseconds of math). Only tests that use the tiny-model fixtures are affected, and
     the previous thread count is restored afterwards."""
-    if not {"tiny_model", "make_model"} & set(request.fixturenames):
+    if not {"tiny_model", "make_model", "tiny_student"} & set(request.fixturenames):
         yield
         return
     before = torch.get_num_threads()

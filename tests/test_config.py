@@ -27,8 +27,8 @@ def test_default_config_is_cpu_demo() -> None:
 
 def test_cpu_demo_values_from_its_yaml() -> None:
     cfg = load_config("cpu-demo")
-    assert cfg.max_steps == 16
-    assert cfg.save_every == 8
+    assert cfg.max_steps == 12
+    assert cfg.save_every == 6
     assert cfg.rollout.prompts_per_step == 4
     assert cfg.rollout.group_size == 4
     assert cfg.rollout.max_new_tokens == 96
@@ -353,7 +353,7 @@ def test_keyword_overrides_may_be_dotted_and_come_after_set() -> None:
 
 def test_none_keyword_overrides_are_ignored() -> None:
     cfg = load_config(None, [], max_steps=None, seed=None, output_dir=None)
-    assert cfg.max_steps == 16
+    assert cfg.max_steps == 12
     assert cfg.seed == 0
     assert cfg.output_dir == "runs/cpu-demo"
 

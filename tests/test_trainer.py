@@ -78,3 +78,106 @@ def test_grpo_baseline_never_guides(tmp_path):
     (m,) = trainer.train()
     assert m["guidance/guided"] == 0 and m["guidance/teacher_token_fraction"] == 0
     assert all(not r["guided"] for r in read_jsonl(tmp_path / "run" / "rollouts.jsonl"))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Fast trainer tests on a tiny random Llama that uses the real SmolLM2 tokenizer (saved as a HF folder), so the
+# trainer runs its real code path (resolve, load, chat template, sampling, teacher, splice, loss, checkpoints).
+# --------------------------------------------------------------------------------------------------------
+
+
+def _tiny_student(folder, tokenizer) -> str:
+    """A 2-layer Llama over SmolLM2's vocabulary whose next-token distribution barely depends on context.
+
+    Near-zero attention/MLP output projections keep the residual stream close to the token embedding; one
+    embedding dimension is constant 1 and the final norm keeps only it, so the logits are (almost) a fixed
+    vector that we choose: " the" is the likeliest token (greedy teachers write a non-empty reason of it),
+    end-of-turn comes second with p ~ 0.1 (sampled rollouts end, and so are eligible for guidance, at a
+    known rate).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(0.01)
+            layer.mlp.down_proj.weight.mul_(0.01)
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        # the final norm's input has rms ~ 1/sqrt(32) (the constant 1 dominates), so h_0 ~ 5.6: divide by it
+        scale = 1 / 5.6
+        model.lm_head.weight[:, 0] = torch.randn(len(tokenizer)) * 0.1 * scale
+        the = tokenizer(" the", add_special_tokens=False)["input_ids"][0]
+        model.lm_head.weight[the, 0] = 10.0 * scale  # p ~ e^10 / (e^10 + e^9 + 49k) ~ 0.28
+        model.lm_head.weight[2, 0] = 9.0 * scale  # end-of-turn, p ~ 0.10
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory):
+    from thinktuning.models import load_tokenizer, resolve
+
+    tok = load_tokenizer(resolve("smollm2-135m-instruct"))
+    return _tiny_student(tmp_path_factory.mktemp("tiny-student"), tok)
+
+
+def _tiny_cfg(student: str, run, extra=()):
+    return load_config(
+        "cpu-demo",
+        [f"model.student={student}", *SMALL, "rollout.max_new_tokens=24", "teacher.max_reason_tokens=6",
+         "teacher.max_phrase_tokens=6", "optim.lr=1e-3", *FORCE_GUIDANCE, *extra],
+        output_dir=str(run), max_steps=3,
+    )
+
+
+def _comparable(history):
+    drop = ("time/", "reward/checker_timeouts")
+    return [{k: v for k, v in m.items() if not k.startswith(drop)} for m in history]
+
+
+def test_same_seed_same_run_and_exact_resume(tmp_path, tiny_student):
+    straight = ThinkTuningTrainer(_tiny_cfg(tiny_student, tmp_path / "a", ["save_every=1"])).train()
+    assert sum(m["guidance/guided"] for m in straight) > 0
+    again = ThinkTuningTrainer(_tiny_cfg(tiny_student, tmp_path / "b")).train()
+    assert _comparable(again) == _comparable(straight)
+
+    # a run that stopped after its step-2 checkpoint, resumed: the last step equals the uninterrupted one
+    import shutil
+
+    run = tmp_path / "c"
+    shutil.copytree(tmp_path / "a", run)
+    shutil.rmtree(run / "checkpoints" / "step-000003")
+    resumed = ThinkTuningTrainer(_tiny_cfg(tiny_student, run), resume=True)
+    assert resumed.start_step == 2
+    (last,) = resumed.train()
+    assert _comparable([last]) == _comparable(straight[2:])
+    steps = [m["step"] for m in read_jsonl(run / "metrics.jsonl")]
+    assert steps == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["guidance.continuation=student", "guidance.mask_scope=teacher"],
+        ["loss.shaping=luffy", "optim.mini_batch_prompts=1", "optim.ppo_epochs=2", "loss.kl_coef=0.1"],
+        ["loss.shaping=aas-recipe", "loss.aggregation=seq-mean-token-sum-norm", "teacher.sees_reference=none"],
+    ],
+)
+def test_variants_run(tmp_path, tiny_student, extra):
+    history = ThinkTuningTrainer(_tiny_cfg(tiny_student, tmp_path / "run", extra)).train()
+    assert all(math.isfinite(m["loss"]) for m in history)
+    rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
+    guided = [r for r in rollouts if r["guided"]]
+    assert guided
+    if "guidance.continuation=student" in extra:
+        # the student continues after the teacher's reason: its own tokens follow the teacher span
+        assert any(r["teacher_span"][1] < len(r["response"]) for r in guided)

@@ -241,14 +241,17 @@ def make_arithmetic(
     seen: set[tuple] = set()
     out: list[Example] = []
     misses = 0  # consecutive rejected draws; many in a row means this part of the space is used up
+    exhausted: set[int] = set()  # levels whose distinct problems are used up: they repeat from then on
     while len(out) < n:
         if misses > 100_000:
             raise DatasetError(f"cannot make {n} arithmetic problems of levels {list(levels)} for "
                                f"split {split!r}; ask for fewer (data.limit) or add levels")
-        problem = _GENERATORS[levels[len(out) % len(levels)]](rng)
+        level = levels[len(out) % len(levels)]
+        problem = _GENERATORS[level](rng)
         ident = (problem.key, problem.question)
-        exhausted = misses > 2000  # this level's distinct problems are used up: allow repeats
-        if not _in_split(problem.key, split) or (ident in seen and not exhausted):
+        if misses > 2000:
+            exhausted.add(level)
+        if not _in_split(problem.key, split) or (ident in seen and level not in exhausted):
             misses += 1
             continue
         misses = 0

@@ -142,8 +142,7 @@ class ThinkTuningTrainer:
             raise DatasetError(f"dataset {d.name!r} ({d.source or 'default source'}) has no usable rows")
         self._prompt_ids: dict[str, list[int]] = {}
         kept = []
-        for ex in examples:
-            ids = self._encode_prompt(ex.prompt)
+        for ex, ids in zip(examples, self._encode_prompts([ex.prompt for ex in examples]), strict=True):
             if len(ids) <= self.cfg.rollout.max_prompt_length:
                 self._prompt_ids[ex.id] = ids
                 kept.append(ex)
@@ -155,11 +154,25 @@ class ThinkTuningTrainer:
             )
         return kept, stats
 
-    def _encode_prompt(self, text: str) -> list[int]:
-        chat = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-        return self.tokenizer(chat, add_special_tokens=False)["input_ids"]
+    def _encode_prompts(self, texts: list[str]) -> list[list[int]]:
+        """Chat-format and tokenize user turns. Rendering the template once per prompt took ~10 ms each (20 s for
+        the default 2,000 problems), so we render it once around a sentinel and fill in each text, after checking
+        on the first text that this gives exactly what the template renders."""
+        def render(text: str) -> str:
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+
+        sentinel = "\x00THINKTUNING-PROMPT\x00"
+        wrapped = render(sentinel)
+        if wrapped.count(sentinel) == 1:
+            head, tail = wrapped.split(sentinel)
+            chats = [head + t + tail for t in texts]
+            if chats and chats[0] != render(texts[0]):
+                chats = [render(t) for t in texts]
+        else:
+            chats = [render(t) for t in texts]
+        return self.tokenizer(chats, add_special_tokens=False)["input_ids"]
 
     def _load_teacher_and_ref(self):
         """The teacher (frozen initial student by default) and, only when KL is on, a frozen reference."""
