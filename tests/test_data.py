@@ -284,3 +284,23 @@ def test_math_csv(tmp_path):
     path.write_text('question,answer\n"What is 1+1?",2\n')
     (ex,), _ = load_examples("math", source=str(path))
     assert ex.reference == "2" and ex.prompt == build_prompt("What is 1+1?")
+
+
+@pytest.mark.parametrize(
+    ("name", "row", "message"),
+    [
+        ("gsm8k", {"question": "Q?", "answer": 42}, "column 'answer' holds a int, not text"),
+        ("gsm8k", {"question": ["Q?"], "answer": "#### 1"}, "column 'question' holds a list, not text"),
+        ("math", {"problem": {"text": "P"}, "answer": "1"}, "column 'problem' holds a dict, not text"),
+        ("math", {"problem": "P?", "answer": {"x": 1}}, "no usable 'answer'"),
+        ("math", {"problem": "P?", "answer": True}, "no usable 'answer'"),  # a bool is not an answer
+        ("math", {"problem": "P?", "answer": [1, 2], "solution": 5}, "no usable 'answer'"),
+    ],
+)
+def test_non_text_fields_name_the_row_and_column(tmp_path, name, row, message):
+    path = write_jsonl(tmp_path / "rows.jsonl", [row])
+    with pytest.raises(DatasetError, match=r"rows\.jsonl: line 1: ") as info:
+        load_examples(name, source=str(path))
+    assert message in str(info.value)
+    # numbers are fine where a number is an answer (AIME-style files store integers)
+    assert load_examples("math", source=str(write_jsonl(tmp_path / "n.jsonl", [{"problem": "P?", "answer": 7}])))

@@ -93,13 +93,14 @@ def _tiny_student(folder, tokenizer) -> str:
     embedding dimension is constant 1 and the final norm keeps only it, so the logits are (almost) a fixed
     vector that we choose: " the" is the likeliest token (greedy teachers write a non-empty reason of it),
     end-of-turn comes second with p ~ 0.1 (sampled rollouts end, and so are eligible for guidance, at a
-    known rate).
+    known rate). Its 2,048-position context holds the teacher's ~1,000-token instructions plus a case: the
+    trainer refuses lengths that overflow a model's context.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False,
         bos_token_id=1, eos_token_id=2, pad_token_id=2,
     )
     torch.manual_seed(0)

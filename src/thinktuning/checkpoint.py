@@ -2,7 +2,8 @@
 
 Each checkpoint holds the model and tokenizer in Hugging Face format (so ``eval`` and other tools can load it
 directly), the optimizer and scheduler states, the torch RNG state and ``trainer_state.json``. Everything is
-written into a hidden temporary folder and renamed into place; only then are older checkpoints pruned.
+written into a hidden temporary folder and renamed into place; only then are older checkpoints pruned (renamed
+away first, so a crash never leaves a half-deleted one). A model holding NaN/inf is never written.
 States are loaded with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
 """
 
@@ -42,15 +43,43 @@ def latest_checkpoint(run: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def remove_partial(run: Path) -> list[str]:
+    """Delete what a crash can leave behind: ``.tmp-*`` folders (a checkpoint being written or pruned)."""
+    root = checkpoint_dir(run)
+    removed = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".tmp-") and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+    return removed
+
+
+def non_finite_parameters(model) -> list[str]:
+    """Names of floating-point parameters/buffers that hold NaN or inf (a diverged or poisoned model)."""
+    return [
+        name for name, t in model.state_dict().items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
 def save_checkpoint(
     run: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep_last: int = 2
 ) -> Path:
     root = checkpoint_dir(run)
+    bad = non_finite_parameters(model)
+    if bad:  # never write a checkpoint that a resume would silently continue from
+        previous = latest_checkpoint(run)
+        kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(
+            f"refusing to write checkpoint step {step}: {len(bad)} parameter tensor(s) hold NaN/inf (first: "
+            f"{bad[0]}); training diverged. {kept}. Lower optim.lr or optim.max_grad_norm, then rerun with "
+            "--resume (from the previous checkpoint) or --overwrite"
+        )
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
     tmp = root / f".tmp-step-{step:06d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove_partial(run)  # one writer per run folder: any .tmp-* left is from a crash
     try:
         tmp.mkdir()
         model.save_pretrained(tmp, safe_serialization=True)
@@ -76,7 +105,10 @@ def save_checkpoint(
     complete = [p for p in list_checkpoints(run) if (p / "trainer_state.json").is_file()]
     for old in complete[:-keep_last]:
         if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+            # renamed first, so a crash mid-delete leaves a .tmp-* folder, never a half-deleted step-N
+            doomed = root / f".tmp-delete-{old.name}"
+            os.replace(old, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 

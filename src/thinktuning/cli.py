@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import signal
 import sys
 
 
@@ -12,10 +14,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from thinktuning.checkpoint import CheckpointError
     from thinktuning.config import ConfigError
     from thinktuning.data import DatasetError
-    from thinktuning.models import ModelNotFoundError
+    from thinktuning.models import ModelError, ModelNotFoundError
+    from thinktuning.rewards import RewardFunctionError
     from thinktuning.runlog import RunFolderError
 
-    return (ConfigError, DatasetError, ModelNotFoundError, RunFolderError, CheckpointError)
+    return (ConfigError, DatasetError, ModelNotFoundError, ModelError, RewardFunctionError, RunFolderError,
+            CheckpointError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config field by dotted name, e.g. --set rollout.group_size=5")
     train.add_argument("--verbose", action="store_true")
+    train.add_argument("--quiet", action="store_true", help="print only the first and last progress line")
+    report = sub.add_parser("report", help="write one self-contained HTML report (plots, rollouts) of run folders")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders; several are overlaid")
+    report.add_argument("--output", default=None,
+                        help="HTML file to write (default: RUN_DIR/report.html, or ./report.html for several runs)")
+    report.add_argument("--steps", default=None, metavar="N,N,...",
+                        help="steps whose rollouts to show (default: the first, a middle and the last logged)")
+    report.add_argument("--max-groups", type=int, default=None, metavar="N",
+                        help="show at most N groups per step (default: all)")
     return parser
 
 
@@ -40,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from thinktuning.trainer import ThinkTuningTrainer
 
     cfg = load_config(args.config, args.overrides, output_dir=args.output_dir, max_steps=args.max_steps,
-                      seed=args.seed)
+                      seed=args.seed, quiet=True if args.quiet else None)
     print(f"thinktuning train: preset={cfg.preset} student={cfg.model.student} data={cfg.data.name} "
           f"guidance={'on' if cfg.guidance.enabled else 'off'} -> {cfg.output_dir}", flush=True)
     for d in cfg.deviations():
@@ -50,8 +63,49 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"nothing to do: {cfg.output_dir} already finished {trainer.total_steps} steps", flush=True)
         trainer.close()
         return 0
-    trainer.train()
+    try:
+        trainer.train()
+    except KeyboardInterrupt:
+        print(f"aborted; continue from the last complete checkpoint with: {resume_command(args, cfg.output_dir)}",
+              file=sys.stderr, flush=True)
+        return 130
+    if trainer.stopped_at is not None:
+        print(f"stopped at step {trainer.stopped_at}; resume with: {resume_command(args, cfg.output_dir)}",
+              flush=True)
+        return 128 + (trainer.stop_signal or signal.SIGTERM)
     print(f"done: {cfg.output_dir} (metrics.jsonl, rollouts.jsonl, checkpoints/)", flush=True)
+    return 0
+
+
+def resume_command(args: argparse.Namespace, output_dir: str) -> str:
+    """The command that continues a run: the same arguments, with --output-dir explicit and --resume added."""
+    parts = ["thinktuning", "train"]
+    if args.config:
+        parts += ["--config", args.config]
+    parts += ["--output-dir", str(output_dir)]
+    if args.max_steps is not None:
+        parts += ["--max-steps", str(args.max_steps)]
+    if args.seed is not None:
+        parts += ["--seed", str(args.seed)]
+    for item in args.overrides:
+        parts += ["--set", item]
+    if getattr(args, "quiet", False):
+        parts.append("--quiet")
+    return shlex.join([*parts, "--resume"])
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from thinktuning.report import ReportError, write_report
+
+    try:
+        steps = [int(s) for s in args.steps.split(",") if s.strip()] if args.steps else None
+    except ValueError:
+        raise ReportError(f"--steps expects step numbers separated by commas (e.g. 1,6,12), got {args.steps!r}"
+                          ) from None
+    if args.max_groups is not None and args.max_groups < 1:
+        raise ReportError("--max-groups must be >= 1")
+    out = write_report(args.run_dirs, args.output, steps=steps, max_groups=args.max_groups)
+    print(f"report: {out} (open it in a browser; it needs no network)", flush=True)
     return 0
 
 
@@ -61,10 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"train": cmd_train}[args.command](args)
+        return {"train": cmd_train, "report": cmd_report}[args.command](args)
     except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the training loop (which handles its own): nothing to save yet
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

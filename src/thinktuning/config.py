@@ -161,6 +161,11 @@ class ThinkTuningConfig:
     keep_last: int = 2
     """Checkpoints kept; older ones are deleted."""
     log_rollouts: bool = True
+    quiet: bool = False
+    """Print only the first and last progress line (for logs); otherwise one line per step (live on a terminal)."""
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = field(default_factory=list)
+    """Experiment trackers that also receive each step's metrics (metrics.jsonl is always written). Each needs
+    its package (``pip install 'thinktuning[trackers]'``); TensorBoard logs go to ``<output_dir>/tensorboard``."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -432,10 +437,62 @@ def validate(cfg: ThinkTuningConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    trackers = ("tensorboard", "wandb", "trackio")
+    for name in cfg.report_to:
+        if name not in trackers:
+            raise ConfigError(f"report_to: unknown tracker {name!r}; allowed: {', '.join(trackers)} "
+                              "(metrics.jsonl is always written)")
     mb = cfg.optim.mini_batch_prompts
     if mb is not None and cfg.rollout.prompts_per_step % mb != 0:
         raise ConfigError(
             f"optim.mini_batch_prompts={mb} must divide rollout.prompts_per_step={cfg.rollout.prompts_per_step}"
+        )
+
+
+TEACHER_FORMAT_TOKENS = 64
+"""Room for what the teacher decoder adds around the fields: tags and the "The final answer is \\boxed{...}" close."""
+
+
+def check_context_lengths(
+    cfg: ThinkTuningConfig,
+    student_limit: int | None,
+    teacher_limit: int | None = None,
+    teacher_prompt_tokens: int = 0,
+) -> None:
+    """Stop at start when the configured lengths cannot fit a model's context window (``None``: unknown, skip).
+
+    The student's longest sequence is a guided rollout: prompt + its response + the spliced feedback (+ a second
+    response when the student continues after the teacher). The teacher's longest request is its instructions and
+    demonstrations (``teacher_prompt_tokens``, measured by the caller) + question + response + the fields it writes.
+    A reference the teacher may be shown is data and is not counted.
+    """
+    r, t = cfg.rollout, cfg.teacher
+    parts = [("rollout.max_prompt_length", r.max_prompt_length), ("rollout.max_new_tokens", r.max_new_tokens)]
+    what = "the longest rollout"
+    if cfg.guidance.enabled:
+        parts.append(("teacher.max_feedback_tokens", t.max_feedback_tokens))
+        what = "the longest guided rollout"
+        if cfg.guidance.continuation == "student":
+            parts.append(("rollout.max_new_tokens", r.max_new_tokens))
+            what += ", whose student continues after the feedback"
+    _fits(parts, student_limit, what, f"the student's context ({cfg.model.student})")
+    if cfg.guidance.enabled:
+        parts = [
+            ("the teacher's instructions and demonstrations", teacher_prompt_tokens),
+            ("rollout.max_prompt_length", r.max_prompt_length), ("rollout.max_new_tokens", r.max_new_tokens),
+            ("teacher.max_reason_tokens", t.max_reason_tokens), ("teacher.max_phrase_tokens", t.max_phrase_tokens),
+            ("tags", TEACHER_FORMAT_TOKENS),
+        ]
+        _fits(parts, teacher_limit, "the teacher's longest request", f"the teacher's context ({t.model})")
+
+
+def _fits(parts: list[tuple[str, int]], limit: int | None, what: str, whose: str) -> None:
+    total = sum(n for _, n in parts)
+    if limit is not None and total > limit:
+        terms = " + ".join(f"{name} ({n})" for name, n in parts)
+        raise ConfigError(
+            f"{terms} = {total} tokens ({what}) exceed {whose} of {limit} tokens. Lower these lengths until they sum "
+            f"to at most {limit}, or use a model with a longer context"
         )
 
 

@@ -29,6 +29,10 @@ class ModelNotFoundError(FileNotFoundError):
     """The spec matched no form we know; the message lists what was tried and how to get the model."""
 
 
+class ModelError(ValueError):
+    """A model or tokenizer that loads but cannot be used here (no chat template, no end-of-turn token)."""
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """Where to load a model from: a folder (``path``) and, for GGUF, the file inside it."""
@@ -137,7 +141,7 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # padding positions are masked out everywhere
     if not getattr(tok, "chat_template", None):
-        raise ValueError(
+        raise ModelError(
             f"the tokenizer of {resolved.spec!r} has no chat template; ThinkTuning prompts are chat turns. "
             "Use an instruct/chat model or add a chat_template to its tokenizer_config.json"
         )
@@ -167,6 +171,15 @@ def _from_pretrained(cls, resolved: ResolvedModel, **kwargs):
         raise ModelNotFoundError(f"model {resolved.spec!r} at {resolved.path}: {str(err)[:300]}") from err
 
 
+def context_limit(model_config) -> int | None:
+    """The longest sequence a model's positions cover (``max_position_embeddings`` or its older names)."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def end_of_turn_id(tokenizer) -> int:
     """The token a chat model emits to end its turn (``<|im_end|>``, ``<|eot_id|>``, ...)."""
     for token in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
@@ -174,5 +187,6 @@ def end_of_turn_id(tokenizer) -> int:
         if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None and tid >= 0:
             return tid
     if tokenizer.eos_token_id is None:
-        raise ValueError("tokenizer has neither a known end-of-turn token nor an eos token")
+        raise ModelError("tokenizer has neither a known end-of-turn token nor an eos token; ThinkTuning needs one "
+                         "to end responses. Use an instruct/chat model or set eos_token in its tokenizer_config.json")
     return int(tokenizer.eos_token_id)

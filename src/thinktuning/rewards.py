@@ -19,6 +19,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import queue
@@ -32,9 +33,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "AnswerChecker", "call_reward_functions", "completion_text", "compute_rewards", "correctness_reward",
-    "extract_answer", "extract_boxed", "extract_last_number", "load_reward_function",
+    "AnswerChecker", "RewardFunctionError", "call_reward_functions", "completion_text", "compute_rewards",
+    "correctness_reward", "extract_answer", "extract_boxed", "extract_last_number", "load_reward_function",
 ]
+
+log = logging.getLogger(__name__)
+_WARN_UNPARSED = 5  # warnings for references math-verify cannot parse; later ones are only counted
 
 # --- Extraction (pure functions) -------------------------------------------------------------------------
 
@@ -96,14 +100,48 @@ def extract_boxed(text: str) -> str | None:
     boxes = [b for b in _top_level_boxes(text) if b is None or b.strip()]
     if not boxes or boxes[-1] is None:
         return None
-    content = boxes[-1].strip()
-    while (m := _BOX_OPEN.match(content)) is not None:
-        close = _matching_brace(content, m.end() - 1)
-        inner = content[m.end() : close].strip() if close == len(content) - 1 else ""
-        if not inner:
+    return _unwrap_boxes(boxes[-1].strip())
+
+
+def _brace_pairs(text: str) -> dict[int, int]:
+    """Every ``{`` index mapped to its closing ``}``, in one pass (same escaping rules as ``_matching_brace``)."""
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            pairs[stack.pop()] = i
+        i += 1
+    return pairs
+
+
+def _unwrap_boxes(content: str) -> str:
+    """``\\boxed{\\boxed{5}}`` -> ``5``: peel boxes that wrap the whole content, in linear time.
+
+    Peeling by re-scanning the content once per layer was quadratic: 5,000 nested boxes took ~15 s.
+    """
+    pairs: dict[int, int] | None = None
+    lo, hi = 0, len(content)  # the current content is content[lo:hi], already stripped
+    while (m := _BOX_OPEN.match(content, lo, hi)) is not None:
+        if pairs is None:
+            pairs = _brace_pairs(content)
+        if pairs.get(m.end() - 1) != hi - 1:
             break
-        content = inner
-    return content
+        inner_lo, inner_hi = m.end(), hi - 1
+        while inner_lo < inner_hi and content[inner_lo].isspace():
+            inner_lo += 1
+        while inner_hi > inner_lo and content[inner_hi - 1].isspace():
+            inner_hi -= 1
+        if inner_lo == inner_hi:
+            break
+        lo, hi = inner_lo, inner_hi
+    return content[lo:hi]
 
 
 def extract_last_number(text: str) -> str | None:
@@ -169,15 +207,18 @@ _BOOT = (
 )
 
 
-def _verify_pair(parse: Callable, verify: Callable, pred: str, ref: str) -> bool:
-    """math-verify with signals off. The gold is parsed first, as math-verify's documentation asks.
+def _verify_pair(parse: Callable, verify: Callable, pred: str, ref: str) -> tuple[bool, bool]:
+    """math-verify with signals off: (equivalent, whether the reference parsed as maths).
 
-    Both sides are wrapped in ``\\boxed{}`` because that is the context math-verify's LaTeX extractor
-    parses most reliably for bare answers such as ``\\frac12`` or ``p - q``.
+    The gold is parsed first, as math-verify's documentation asks. Both sides are wrapped in ``\\boxed{}``
+    because that is the context math-verify's LaTeX extractor parses most reliably for bare answers such as
+    ``\\frac12`` or ``p - q``. A reference it cannot parse comes back as its bare string only; math-verify then
+    compares it as text, which is the fallback we count and report.
     """
     gold = parse("\\boxed{" + ref + "}", parsing_timeout=None)
     guess = parse("\\boxed{" + pred + "}", parsing_timeout=None)
-    return bool(verify(gold, guess, timeout_seconds=None))
+    parsed = any(not isinstance(g, str) for g in gold)
+    return bool(verify(gold, guess, timeout_seconds=None)), parsed
 
 
 def _worker_main(memory_limit_mb: int) -> None:
@@ -186,8 +227,11 @@ def _worker_main(memory_limit_mb: int) -> None:
     stdout is reserved for the protocol (anything a library prints goes to stderr instead). A memory cap
     turns a runaway ``2^{2^{40}}`` into a MemoryError rather than a machine-wide OOM.
     """
-    import logging
+    import signal
 
+    # Ctrl-C in a terminal signals the whole process group: the trainer finishes its step on the first one,
+    # and needs this worker alive to do so. The worker ends when the trainer closes its stdin or kills it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     proto = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -209,11 +253,12 @@ def _worker_main(memory_limit_mb: int) -> None:
     for line in sys.stdin:
         items = json.loads(line)
         for i, (pred, ref) in enumerate(items):
+            parsed = True
             try:
-                verdict: bool | None = _verify_pair(parse, verify, pred, ref)
+                verdict, parsed = _verify_pair(parse, verify, pred, ref)
             except BaseException:  # MemoryError, RecursionError, sympy bugs: the item is wrong, go on
                 verdict = None
-            proto.write(json.dumps([i, verdict]) + "\n")
+            proto.write(json.dumps([i, verdict, parsed]) + "\n")
 
 
 class _Worker:
@@ -294,6 +339,8 @@ class AnswerChecker:
         self.cache_size = int(cache_size)
         self.timeouts = 0
         self.errors = 0  # items on which math-verify itself crashed (counted as incorrect)
+        self.unparsed_references: set[str] = set()
+        """References math-verify could not parse as maths; they are compared as text (exact after spacing)."""
         self._cache: dict[tuple[str, str], bool] = {}
         self._lock = threading.Lock()
         self._holder: dict[str, _Worker | None] = {"worker": None}
@@ -367,12 +414,26 @@ class AnswerChecker:
                     reply = None
                 else:
                     self.errors += reply is None or reply[1] is None
+                    if reply is not None and len(reply) > 2 and reply[2] is False:
+                        self._note_unparsed(key[1])
                 results[key] = bool(reply and reply[1])
                 self._remember(key, results[key])
                 if reply is None:  # overran or died: kill it, the loop restarts one for the rest
                     _kill_worker(self._holder)
                     break
         return results
+
+    def _note_unparsed(self, reference: str) -> None:
+        if reference in self.unparsed_references:
+            return
+        self.unparsed_references.add(reference)
+        n = len(self.unparsed_references)
+        if n <= _WARN_UNPARSED:
+            log.warning(
+                "math-verify cannot parse the reference answer %r; it is compared as text only (counted in "
+                "reward/unparsed_references%s)", reference[:200],
+                "; further ones are counted without a warning" if n == _WARN_UNPARSED else "",
+            )
 
     def _remember(self, key: tuple[str, str], verdict: bool) -> None:
         if len(self._cache) >= self.cache_size:
@@ -439,6 +500,10 @@ def correctness_reward(
     return [1.0 if ok else 0.0 for ok in verdicts]
 
 
+class RewardFunctionError(ValueError):
+    """A user reward function (``reward.functions``) that cannot be imported or is not callable."""
+
+
 def load_reward_function(path: str) -> Callable:
     """Import a user reward function from ``"pkg.module:func"``, ``"pkg.module.func"`` or ``"file.py:func"``.
 
@@ -449,12 +514,12 @@ def load_reward_function(path: str) -> Callable:
     path = path.strip() if isinstance(path, str) else ""
     module_name, sep, attr = path.rpartition(":") if ":" in path else path.rpartition(".")
     if not sep or not module_name or not attr:
-        raise ValueError(f"reward function path {path!r} {shape}")
+        raise RewardFunctionError(f"reward function path {path!r} {shape}")
     try:
         if module_name.endswith(".py"):
             file = Path(module_name).expanduser()
             if not file.is_file():
-                raise ValueError(f"reward function file {str(file)!r} does not exist (from {path!r})")
+                raise RewardFunctionError(f"reward function file {str(file)!r} does not exist (from {path!r})")
             spec = importlib.util.spec_from_file_location(file.stem, file)
             assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
@@ -462,15 +527,15 @@ def load_reward_function(path: str) -> Callable:
         else:
             module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(
+        raise RewardFunctionError(
             f"cannot import module {module_name!r} for reward function {path!r}: {exc}. "
             "Is it installed or on PYTHONPATH?"
         ) from exc
     func = getattr(module, attr, None)
     if func is None:
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (reward function {path!r})")
+        raise RewardFunctionError(f"module {module_name!r} has no attribute {attr!r} (reward function {path!r})")
     if not callable(func):
-        raise ValueError(f"{path!r} is a {type(func).__name__}, not a callable reward function")
+        raise RewardFunctionError(f"{path!r} is a {type(func).__name__}, not a callable reward function")
     return func
 
 

@@ -7,6 +7,7 @@ model/optimizer/accelerator, and writes the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -19,16 +20,19 @@ from typing import Any
 import torch
 
 from thinktuning import checkpoint as ckpt
-from thinktuning import guidance, runlog
+from thinktuning import guidance, runlog, tracking
 from thinktuning.advantages import compute_advantages
-from thinktuning.config import ConfigError, ThinkTuningConfig, validate
+from thinktuning.config import ConfigError, ThinkTuningConfig, check_context_lengths, validate
 from thinktuning.data import DatasetError, Example, load_examples
 from thinktuning.generation import sample
+from thinktuning.interrupt import StopRequest
 from thinktuning.logprobs import collate, token_logprobs
 from thinktuning.loss import policy_loss
-from thinktuning.models import ResolvedModel, end_of_turn_id, load_model, load_tokenizer, resolve
+from thinktuning.models import ResolvedModel, context_limit, end_of_turn_id, load_model, load_tokenizer, resolve
+from thinktuning.progress import Progress
 from thinktuning.rewards import AnswerChecker, compute_rewards, correctness_reward, load_reward_function
-from thinktuning.teacher import ModelTeacher, TeacherCase, feedback_text
+from thinktuning.teacher import ModelTeacher, TeacherCase, build_messages, feedback_text
+from thinktuning.teacher.model import chat_prefix
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +62,21 @@ class Sequence_:
 class ThinkTuningTrainer:
     """``ThinkTuningTrainer(config).train()`` runs ThinkTuning (or plain GRPO with guidance off)."""
 
+    stopped_at: int | None = None
+    """The step after which a SIGINT/SIGTERM stopped ``train`` (its checkpoint is saved); None if not stopped."""
+    stop_signal: int | None = None
+    _stop: StopRequest | None = None
+    teacher_silent_steps = 5
+    """Warn (once) when the teacher gave no usable feedback on any request of this many guided steps in a row."""
+    _silent_steps = 0
+    _silent_requests = 0
+    _teacher_warned = False
+
     def __init__(self, config: ThinkTuningConfig, *, resume: bool = False, overwrite: bool = False) -> None:
         from accelerate import Accelerator
 
         validate(config)
+        tracking.check_available(config.report_to)  # a missing tracker package stops the run before any loading
         self.cfg = cfg = config
         if cfg.model.require_gpu and not torch.cuda.is_available():
             raise ConfigError(
@@ -98,6 +113,7 @@ class ThinkTuningTrainer:
         model = load_model(weights, cfg.model.dtype, cfg.model.trust_remote_code)
         model.train()
         self.teacher, self.ref_model = self._load_teacher_and_ref()
+        self._check_context(model)
         from transformers import get_scheduler
 
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -118,9 +134,11 @@ class ThinkTuningTrainer:
         if self.resume_from:
             state = ckpt.load_training_state(self.resume_from, self.optimizer, self.scheduler)
             self.start_step = int(state["step"])
+        elif resume and self.is_main and (self.run_dir / "metrics.jsonl").is_file():
+            log.warning("--resume: %s has no complete checkpoint yet; starting again from step 0", self.run_dir)
+        if resume and self.is_main:  # drop what was logged after the checkpoint (everything, without one)
             for name in ("metrics.jsonl", "rollouts.jsonl"):
-                if self.is_main:
-                    runlog.truncate_jsonl(self.run_dir / name, self.start_step)
+                runlog.truncate_jsonl(self.run_dir / name, self.start_step)
         if self.is_main:
             runlog.write_run_header(self.run_dir, cfg, {
                 "student": self.student_spec.__dict__, "total_steps": self.total_steps,
@@ -129,6 +147,7 @@ class ThinkTuningTrainer:
             })
             self.metrics_out = runlog.JsonlWriter(self.run_dir / "metrics.jsonl")
             self.rollouts_out = runlog.JsonlWriter(self.run_dir / "rollouts.jsonl")
+            self.trackers = tracking.Trackers(cfg.report_to, self.run_dir, cfg.to_dict())
 
     # ------------------------------------------------------------------------------------------- set-up
 
@@ -197,6 +216,16 @@ class ThinkTuningTrainer:
             )
         return teacher, (frozen if cfg.loss.kl_coef > 0 else None)
 
+    def _check_context(self, model) -> None:
+        """Refuse lengths that overflow the student's or the teacher's context window, before any step runs."""
+        teacher_limit, prompt_tokens = None, 0
+        if self.teacher is not None:
+            tok = self.teacher.tokenizer
+            prefix = chat_prefix(tok, build_messages("", ""))
+            prompt_tokens = len(tok(prefix, add_special_tokens=False)["input_ids"])
+            teacher_limit = context_limit(self.teacher.model.config)
+        check_context_lengths(self.cfg, context_limit(model.config), teacher_limit, prompt_tokens)
+
     def _step_examples(self, step: int) -> list[Example]:
         """The prompts of a step: a seeded permutation per epoch, so the data position is a function of step."""
         b, n = self.cfg.rollout.prompts_per_step, len(self.examples)
@@ -210,19 +239,47 @@ class ThinkTuningTrainer:
     # --------------------------------------------------------------------------------------------- a step
 
     def train(self) -> list[dict[str, Any]]:
-        """Run from the current step to the end; returns the metrics of the steps run."""
+        """Run from the current step to the end; returns the metrics of the steps run.
+
+        The first SIGINT/SIGTERM (main thread only) ends the run cleanly after the current step, with a checkpoint;
+        ``stopped_at`` and ``stop_signal`` then say where and why. A second one aborts (KeyboardInterrupt).
+        """
+        with StopRequest() as self._stop:
+            try:
+                return self._train_loop()
+            except KeyboardInterrupt:
+                with contextlib.suppress(Exception):
+                    self.close()
+                raise
+
+    def _stop_requested(self) -> bool:
+        """True once a stop signal arrived, on any process (all processes must stop after the same step)."""
+        flag = self._stop is not None and self._stop.requested
+        if self.accelerator.num_processes > 1:
+            votes = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+            flag = bool(self.accelerator.reduce(votes, reduction="sum").item() > 0)
+        return flag
+
+    def _train_loop(self) -> list[dict[str, Any]]:
         history: list[dict[str, Any]] = []
-        started = time.perf_counter()
+        progress = Progress(self.total_steps, quiet=self.cfg.quiet)
+        if self.is_main:
+            progress.start(self.start_step, str(self.run_dir))
         for step in range(self.start_step, self.total_steps):
             metrics = self.step(step)
             history.append(metrics)
             done = step + 1
             if self.is_main:
                 self.metrics_out.write(metrics)
-                eta = (time.perf_counter() - started) / len(history) * (self.total_steps - done)
-                print(runlog.progress_line(metrics, self.total_steps, eta), flush=True)
-            if done == self.total_steps or (self.cfg.save_every and done % self.cfg.save_every == 0):
+                self.trackers.log(metrics)
+                progress.update(metrics)
+            stop = self._stop_requested()
+            if stop or done == self.total_steps or (self.cfg.save_every and done % self.cfg.save_every == 0):
                 self.save(done)
+            if stop and done < self.total_steps:
+                self.stopped_at, self.stop_signal = done, self._stop.signum if self._stop else None
+                break
+        progress.finish()
         self.close()
         return history
 
@@ -240,6 +297,7 @@ class ThinkTuningTrainer:
         if self.is_main:
             self.metrics_out.close()
             self.rollouts_out.close()
+            self.trackers.close()
 
     def step(self, step: int) -> dict[str, Any]:
         cfg, t0 = self.cfg, time.perf_counter()
@@ -339,6 +397,7 @@ class ThinkTuningTrainer:
             cases.append(TeacherCase(ex.question, self._decode(s.response_ids), ref, kind,
                                      ex.reference if sees != "none" else None))
         results = self.teacher.feedback(cases)
+        self._watch_teacher(results, step)
         continuing = []
         for s, res in zip(chosen, results, strict=True):
             s.teacher_raw = res.raw
@@ -370,6 +429,23 @@ class ThinkTuningTrainer:
                 s.teacher_mask = s.teacher_mask + [0] * len(r.response_ids)
                 s.finished = r.finished
 
+    def _watch_teacher(self, results: list, step: int) -> None:
+        """Warn once when every request of ``teacher_silent_steps`` guided steps in a row gave no feedback."""
+        if any(r.feedback is not None for r in results):
+            self._silent_steps, self._silent_requests = 0, 0
+            return
+        self._silent_steps += 1
+        self._silent_requests += len(results)
+        if self._silent_steps >= self.teacher_silent_steps and not self._teacher_warned:
+            self._teacher_warned = True
+            log.warning(
+                "the teacher gave no usable feedback for any of the %d rollouts it was asked about in the last %d "
+                "guided steps (up to step %d): it seems broken. Those rollouts stay unguided (counted in "
+                "guidance/no_feedback; its raw output is teacher_raw in rollouts.jsonl). Check teacher.model, its "
+                "chat template and teacher.max_reason_tokens / max_phrase_tokens",
+                self._silent_requests, self._silent_steps, step + 1,
+            )
+
     def _update(self, seqs: list[Sequence_]) -> dict[str, float]:
         """PPO epochs over mini-batches of whole groups; micro-batches accumulate gradients."""
         cfg = self.cfg
@@ -388,28 +464,41 @@ class ThinkTuningTrainer:
                 norm = float(ntok) if cfg.loss.aggregation == "token-mean" else float(len(mb))
                 self.optimizer.zero_grad(set_to_none=True)
                 mbs = cfg.optim.micro_batch_size
+                bad_loss = None
+                parts = []  # (metrics, loss, n) per micro-batch, added to the step's metrics if the update applies
                 for k in range(0, len(mb), mbs):
                     idx = mb[k : k + mbs]
                     out = self._micro_loss([seqs[i] for i in idx], None if old is None else [old[i] for i in idx], norm)
+                    loss = float(out.loss.detach())
+                    if not math.isfinite(loss):
+                        bad_loss = loss  # the whole update is dropped below
+                    # backward and clipping run even so: with several processes, all must join the same collectives
+                    # (a NaN loss on one makes the reduced gradient norm non-finite on all, so all skip together)
                     self.accelerator.backward(out.loss)
-                    for key, val in out.metrics.items():
-                        sums[key] = sums.get(key, 0.0) + float(val) * len(idx)
-                    sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach())
-                    counts += len(idx)
-                gn = self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
-                gn = float(gn)
-                if not math.isfinite(gn):
-                    skipped += 1  # a poisoned update is dropped, never applied or checkpointed
-                    self.optimizer.zero_grad(set_to_none=True)
-                    log.warning("non-finite gradient norm (%s): update skipped", gn)
+                    parts.append((out.metrics, loss, len(idx)))
+                gn = float(self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm))
+                if bad_loss is not None:
+                    why = f"non-finite loss ({bad_loss}) in a micro-batch"
                 else:
+                    why = None if math.isfinite(gn) else f"non-finite gradient norm ({gn})"
+                if why is None:
                     self.optimizer.step()
-                grad_norms.append(gn)
+                    grad_norms.append(gn)
+                    for micro_metrics, loss, n in parts:
+                        for key, val in micro_metrics.items():
+                            sums[key] = sums.get(key, 0.0) + float(val) * n
+                        sums["loss"] = sums.get("loss", 0.0) + loss
+                        counts += n
+                else:  # a poisoned update is dropped: never applied, so never checkpointed
+                    skipped += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    log.warning("%s: optimizer update skipped (counted in loss/updates_skipped)", why)
                 self.scheduler.step()
         n_updates = cfg.optim.ppo_epochs * len(minibatches)
         out = {k: v / max(counts, 1) for k, v in sums.items() if k != "loss"}
-        out["loss"] = sums.get("loss", 0.0) / n_updates
-        out["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        # mean over the updates applied; NaN (null in metrics.jsonl) when every update of the step was skipped
+        out["loss"] = sums["loss"] / (n_updates - skipped) if n_updates > skipped and "loss" in sums else math.nan
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
         out["updates_skipped"] = skipped
         return out
 
@@ -481,6 +570,7 @@ class ThinkTuningTrainer:
             "response_length/mean": resp_tokens / len(seqs),
             "truncated_fraction": mean([0.0 if s.finished else 1.0 for s in seqs]),
             "reward/checker_timeouts": self.checker.timeouts,
+            "reward/unparsed_references": len(self.checker.unparsed_references),
             **{f"loss/{k}": v for k, v in upd.items()},
         }
 
