@@ -17,6 +17,8 @@ from typing import TypeVar
 
 import torch
 
+from thinktuning.registry import lookup, register
+
 F = TypeVar("F", bound=Callable[..., torch.Tensor])
 
 ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {}
@@ -29,14 +31,7 @@ def register_advantage(name: str) -> Callable[[F], F]:
     Registering the same name twice is an error rather than a silent overwrite: two modules fighting over
     one name would otherwise make an ablation run a different estimator than its config says.
     """
-
-    def decorator(fn: F) -> F:
-        if name in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return decorator
+    return register(ADVANTAGE_ESTIMATORS, "advantage estimator", name)  # type: ignore[arg-type]
 
 
 @register_advantage("grpo")
@@ -101,9 +96,7 @@ def compute_advantages(
         ValueError: for a non-1-D ``rewards``, ``group_size < 2``, a length not divisible by
             ``group_size``, or an unknown ``estimator`` (the message lists the registered names).
     """
-    if estimator not in ADVANTAGE_ESTIMATORS:
-        known = ", ".join(sorted(ADVANTAGE_ESTIMATORS))
-        raise ValueError(f"unknown advantage estimator {estimator!r}; registered: {known}")
+    estimate = lookup(ADVANTAGE_ESTIMATORS, "advantage estimator", estimator)
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D (num_groups * group_size,), got shape {tuple(rewards.shape)}")
     if group_size < 2:
@@ -115,6 +108,5 @@ def compute_advantages(
     if not torch.is_floating_point(rewards):
         rewards = rewards.to(torch.get_default_dtype())
     grouped = rewards.reshape(-1, group_size)
-    fn = ADVANTAGE_ESTIMATORS[estimator]
-    advantages = fn(grouped, normalize_std=normalize_std, eps=eps)
+    advantages = estimate(grouped, normalize_std=normalize_std, eps=eps)
     return advantages.reshape(rewards.shape)

@@ -27,6 +27,8 @@ from typing import TypeVar
 
 import torch
 
+from thinktuning.registry import lookup, register
+
 F = TypeVar("F", bound=Callable[..., object])
 
 # ---------------------------------------------------------------------------------------------------------
@@ -50,28 +52,6 @@ LUFFY_GAMMA = 0.1
 LOG_RATIO_CLAMP = 20.0
 """|log pi - log pi_old| is clamped to this before ``exp`` so a stale token cannot overflow the ratio to
 inf (verl does the same); at 20 the ratio is ~5e8, far outside any clip range, so values are unchanged."""
-
-
-def _register(registry: dict[str, Callable[..., object]], kind: str, name: str) -> Callable[[F], F]:
-    """Shared body of the ``register_*`` decorators; refuses duplicate names so that an ablation never
-    silently runs a different function than its config names."""
-
-    def decorator(fn: F) -> F:
-        if name in registry:
-            raise ValueError(f"{kind} {name!r} is already registered")
-        registry[name] = fn
-        return fn
-
-    return decorator
-
-
-def _lookup(registry: dict[str, Callable[..., object]], kind: str, name: str) -> Callable[..., object]:
-    """Registry lookup whose error lists the valid names, so a typo in a config is fixed in one go."""
-    try:
-        return registry[name]
-    except KeyError:
-        known = ", ".join(sorted(registry))
-        raise ValueError(f"unknown {kind} {name!r}; registered: {known}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -127,7 +107,7 @@ SHAPINGS: dict[str, Shaping] = {}
 
 def register_shaping(name: str) -> Callable[[F], F]:
     """Decorator filing a guided-token shaping under ``name`` in :data:`SHAPINGS`."""
-    return _register(SHAPINGS, "shaping", name)  # type: ignore[arg-type]
+    return register(SHAPINGS, "shaping", name)  # type: ignore[arg-type]
 
 
 def _aas_terms(logp: torch.Tensor, advantages: torch.Tensor, gamma_mode: str) -> ShapedTerms:
@@ -206,7 +186,7 @@ AGGREGATIONS: dict[str, Aggregation] = {}
 
 def register_aggregation(name: str) -> Callable[[F], F]:
     """Decorator filing a loss aggregation under ``name`` in :data:`AGGREGATIONS`."""
-    return _register(AGGREGATIONS, "aggregation", name)  # type: ignore[arg-type]
+    return register(AGGREGATIONS, "aggregation", name)  # type: ignore[arg-type]
 
 
 def _check_normalizer(normalizer: float | None, default: float) -> float:
@@ -269,7 +249,7 @@ def aggregate(
     ``mask`` may be bool or float; any nonzero entry counts as a token. Masked-out entries are *selected
     away* (not multiplied by 0), so inf/NaN values in padding cannot leak into the result.
     """
-    fn = _lookup(AGGREGATIONS, "aggregation", mode)
+    fn = lookup(AGGREGATIONS, "aggregation", mode)
     if loss_mat.shape != mask.shape:
         raise ValueError(f"loss_mat {tuple(loss_mat.shape)} and mask {tuple(mask.shape)} differ in shape")
     if loss_mat.dim() != 2:
@@ -369,8 +349,8 @@ def policy_loss(
     any arithmetic, so neither the loss nor the gradient can pick up NaN from padding. Computation runs in
     at least float32, since ``pi + 0.001`` is not representable in bfloat16 for most pi.
     """
-    shaping_fn = _lookup(SHAPINGS, "shaping", shaping)
-    _lookup(AGGREGATIONS, "aggregation", aggregation)
+    shaping_fn = lookup(SHAPINGS, "shaping", shaping)
+    lookup(AGGREGATIONS, "aggregation", aggregation)
     if logp.dim() != 2:
         raise ValueError(f"logp must be (B, T), got shape {tuple(logp.shape)}")
     named = {"old_logp": old_logp, "response_mask": response_mask, "guided_mask": guided_mask}
