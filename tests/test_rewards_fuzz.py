@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from thinktuning.rewards import (
     _BOX_OPEN,
-    _matching_brace,
     _normalise_reference,
     _top_level_boxes,
     extract_answer,
@@ -28,6 +27,30 @@ PIECES = ["\\boxed{", "\\boxed {", "\\fbox{", "\\boxed", "{", "}", "\\{", "\\}",
           "-", ",", ".", "1,000", "-4.5", "x", "\\frac{1}{2}", "$", "\u00a0", "\x00"]
 soup = st.lists(st.sampled_from(PIECES), max_size=400).map("".join)
 FAST = settings(max_examples=300, deadline=1000)
+
+
+def _matching_brace(text: str, open_idx: int) -> int | None:
+    """Index of the ``}`` closing the ``{`` at ``open_idx``, or None if the text ends first.
+
+    A backslash escapes the next character, so ``\\{`` and ``\\}`` (literal braces in LaTeX sets) do not
+    count, while ``\\\\{`` (a line break followed by a group) does.
+    """
+    depth = 0
+    i = open_idx
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
 
 
 def reference_extract_boxed(text: str) -> str | None:

@@ -47,38 +47,16 @@ _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _NUMBER = re.compile(r"(?:(?<![\w)\]])-)?(?<![\d.])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
 
 
-def _matching_brace(text: str, open_idx: int) -> int | None:
-    """Index of the ``}`` closing the ``{`` at ``open_idx``, or None if the text ends first.
-
-    A backslash escapes the next character, so ``\\{`` and ``\\}`` (literal braces in LaTeX sets) do not
-    count, while ``\\\\{`` (a line break followed by a group) does.
-    """
-    depth = 0
-    i = open_idx
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return None
-
-
 def _top_level_boxes(text: str) -> list[str | None]:
     """Contents of the top-level boxes in order; None marks a box that is never closed (truncated text)."""
     boxes: list[str | None] = []
+    pairs = _brace_pairs(text)
     pos = 0
     while True:
         m = _BOX_OPEN.search(text, pos)
         if m is None:
             return boxes
-        close = _matching_brace(text, m.end() - 1)
+        close = pairs.get(m.end() - 1)
         if close is None:
             boxes.append(None)
             return boxes
@@ -104,7 +82,9 @@ def extract_boxed(text: str) -> str | None:
 
 
 def _brace_pairs(text: str) -> dict[int, int]:
-    """Every ``{`` index mapped to its closing ``}``, in one pass (same escaping rules as ``_matching_brace``)."""
+    """Every ``{`` index mapped to its closing ``}``, in one pass. A backslash escapes the next character, so
+    ``\\{`` and ``\\}`` (literal braces in LaTeX sets) do not count, while ``\\\\{`` (a line break followed by a
+    group) does. An unclosed ``{`` has no entry."""
     pairs: dict[int, int] = {}
     stack: list[int] = []
     i = 0
