@@ -22,6 +22,7 @@ from thinktuning import ThinkTuningTrainer, load_config
 from thinktuning.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, save_checkpoint
 from thinktuning.cli import main
 from thinktuning.config import ConfigError, check_context_lengths
+from thinktuning.guide import TeacherWatch
 from thinktuning.rewards import AnswerChecker
 from thinktuning.runlog import read_jsonl
 from thinktuning.teacher import ModelTeacher, TeacherResult, parse_feedback
@@ -195,7 +196,7 @@ def test_garbage_teacher_output_is_counted_as_no_feedback_and_warned_about_once(
     monkeypatch.setattr(ModelTeacher, "_feedback_batch", garbage)
     run = tmp_path / "run"
     trainer = ThinkTuningTrainer(_tiny_cfg(tiny_student, run))
-    trainer.teacher_silent_steps = 2
+    trainer.guide.watch.silent_steps = 2
     with caplog.at_level(logging.WARNING, logger="thinktuning.trainer"):
         history = trainer.train()
     assert all(m["guidance/guided"] == 0 and m["guidance/no_feedback"] > 0 for m in history)
@@ -208,16 +209,15 @@ def test_garbage_teacher_output_is_counted_as_no_feedback_and_warned_about_once(
 
 
 def test_one_usable_answer_resets_the_teacher_watch(caplog):
-    watcher = object.__new__(ThinkTuningTrainer)  # only the watch's own state is needed
-    watcher.teacher_silent_steps = 2
+    watcher = TeacherWatch(silent_steps=2)
     silent = [TeacherResult(None, "garbage")]
     some = [TeacherResult(None, "garbage"), TeacherResult(parse_feedback(GOOD), GOOD)]
-    with caplog.at_level(logging.WARNING, logger="thinktuning.trainer"):
+    with caplog.at_level(logging.WARNING, logger="thinktuning.guide"):
         for step, results in enumerate([silent, some, silent, some, silent]):
-            watcher._watch_teacher(results, step)
+            watcher(results, step)
         assert "seems broken" not in caplog.text
-        watcher._watch_teacher(silent, 5)
-        watcher._watch_teacher(silent, 6)
+        watcher(silent, 5)
+        watcher(silent, 6)
     assert caplog.text.count("seems broken") == 1
 
 

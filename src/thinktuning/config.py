@@ -73,6 +73,8 @@ class RolloutConfig:
 
 @dataclass
 class TeacherConfig:
+    backend: Literal["model"] = "model"
+    """Who writes feedback: ``model`` = a local transformers model (``teacher.model``)."""
     model: str = "student-init"
     """``student-init`` = a frozen copy of the student's starting weights (the paper), or any model spec."""
     sees_reference: Literal["none", "answer", "solution"] = "none"

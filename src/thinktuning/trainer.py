@@ -13,7 +13,6 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,38 +24,16 @@ from thinktuning.advantages import compute_advantages
 from thinktuning.config import ConfigError, ThinkTuningConfig, check_context_lengths, validate
 from thinktuning.data import DatasetError, Example, load_examples
 from thinktuning.generation import sample
+from thinktuning.guide import Guide, Sequence_, TeacherWatch
 from thinktuning.interrupt import StopRequest
 from thinktuning.logprobs import collate, token_logprobs
 from thinktuning.loss import policy_loss
 from thinktuning.models import ResolvedModel, context_limit, end_of_turn_id, load_model, load_tokenizer, resolve
 from thinktuning.progress import Progress
 from thinktuning.rewards import AnswerChecker, compute_rewards, correctness_reward, load_reward_function
-from thinktuning.teacher import ModelTeacher, TeacherCase, build_messages, feedback_text
-from thinktuning.teacher.model import chat_prefix
+from thinktuning.teacher.build import build_teacher, needs_frozen_student
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Sequence_:
-    """One rollout as trained on: ids, which tokens are shaped, reward and advantage, plus what to log."""
-
-    example: Example
-    group: int
-    prompt_ids: list[int]
-    response_ids: list[int]
-    finished: bool
-    student_correct: float = 0.0
-    guided: bool = False
-    teacher_mask: list[int] = field(default_factory=list)
-    shaped_mask: list[int] = field(default_factory=list)
-    teacher_span: tuple[int, int] | None = None
-    opinion: str | None = None
-    no_feedback: bool = False
-    teacher_raw: str | None = None
-    text: str = ""
-    reward: float = 0.0
-    advantage: float = 0.0
 
 
 class ThinkTuningTrainer:
@@ -66,11 +43,6 @@ class ThinkTuningTrainer:
     """The step after which a SIGINT/SIGTERM stopped ``train`` (its checkpoint is saved); None if not stopped."""
     stop_signal: int | None = None
     _stop: StopRequest | None = None
-    teacher_silent_steps = 5
-    """Warn (once) when the teacher gave no usable feedback on any request of this many guided steps in a row."""
-    _silent_steps = 0
-    _silent_requests = 0
-    _teacher_warned = False
 
     def __init__(self, config: ThinkTuningConfig, *, resume: bool = False, overwrite: bool = False) -> None:
         from accelerate import Accelerator
@@ -113,6 +85,10 @@ class ThinkTuningTrainer:
         model = load_model(weights, cfg.model.dtype, cfg.model.trust_remote_code)
         model.train()
         self.teacher, self.ref_model = self._load_teacher_and_ref()
+        self.guide = (
+            Guide(cfg, self.teacher, self.tokenizer, self.eos_id, self._continue, TeacherWatch(logger=log))
+            if self.teacher is not None else None
+        )
         self._check_context(model)
         from transformers import get_scheduler
 
@@ -142,7 +118,9 @@ class ThinkTuningTrainer:
         if self.is_main:
             runlog.write_run_header(self.run_dir, cfg, {
                 "student": self.student_spec.__dict__, "total_steps": self.total_steps,
-                "data": self.data_stats.__dict__, "teacher": cfg.teacher.model if cfg.guidance.enabled else None,
+                "data": self.data_stats.__dict__,
+                "teacher": ({"backend": cfg.teacher.backend, "model": cfg.teacher.model}
+                            if cfg.guidance.enabled else None),
                 "resumed_from": str(self.resume_from) if self.resume_from else None,
             })
             self.metrics_out = runlog.JsonlWriter(self.run_dir / "metrics.jsonl")
@@ -194,36 +172,23 @@ class ThinkTuningTrainer:
         return self.tokenizer(chats, add_special_tokens=False)["input_ids"]
 
     def _load_teacher_and_ref(self):
-        """The teacher (frozen initial student by default) and, only when KL is on, a frozen reference."""
+        """The teacher (a frozen copy of the initial student by default) and, only when KL is on, a frozen
+        reference (the same frozen copy: it is loaded once)."""
         cfg = self.cfg
         frozen = None
-        if (cfg.guidance.enabled and cfg.teacher.model == "student-init") or cfg.loss.kl_coef > 0:
+        if needs_frozen_student(cfg) or cfg.loss.kl_coef > 0:
             frozen = load_model(self.student_spec, cfg.model.dtype, cfg.model.trust_remote_code)
             frozen.requires_grad_(False).eval().to(self.accelerator.device)
         teacher = None
         if cfg.guidance.enabled:
-            if cfg.teacher.model == "student-init":
-                t_model, t_tok = frozen, self.tokenizer
-            else:
-                spec = resolve(cfg.teacher.model, cfg.model.cache_dir)
-                t_tok = load_tokenizer(spec, cfg.model.trust_remote_code)
-                t_model = load_model(spec, cfg.model.dtype, cfg.model.trust_remote_code).to(self.accelerator.device)
-            t = cfg.teacher
-            teacher = ModelTeacher(
-                t_model, t_tok, max_reason_tokens=t.max_reason_tokens, max_phrase_tokens=t.max_phrase_tokens,
-                repetition_penalty=t.repetition_penalty, close_with_answer=t.close_with_answer,
-                batch_size=t.batch_size,
-            )
+            teacher = build_teacher(cfg, tokenizer=self.tokenizer, frozen_student=frozen,
+                                    device=self.accelerator.device)
         return teacher, (frozen if cfg.loss.kl_coef > 0 else None)
 
     def _check_context(self, model) -> None:
         """Refuse lengths that overflow the student's or the teacher's context window, before any step runs."""
-        teacher_limit, prompt_tokens = None, 0
-        if self.teacher is not None:
-            tok = self.teacher.tokenizer
-            prefix = chat_prefix(tok, build_messages("", ""))
-            prompt_tokens = len(tok(prefix, add_special_tokens=False)["input_ids"])
-            teacher_limit = context_limit(self.teacher.model.config)
+        ctx = self.teacher.context() if self.teacher is not None else None
+        teacher_limit, prompt_tokens = ctx if ctx is not None else (None, 0)
         check_context_lengths(self.cfg, context_limit(model.config), teacher_limit, prompt_tokens)
 
     def _step_examples(self, step: int) -> list[Example]:
@@ -336,7 +301,7 @@ class ThinkTuningTrainer:
             chosen = guidance.select_guided(
                 [s.finished for s in seqs], g, p, random.Random(f"{cfg.seed}-guide-{step}"), gd.min_per_group
             )
-            self._guide([seqs[i] for i in chosen], step)
+            self.guide([seqs[i] for i in chosen], step)
         t_teacher = time.perf_counter() - t1
         for s in seqs:
             s.shaped_mask = guidance.shaped_mask(s.teacher_mask, s.guided, cfg.guidance.mask_scope)
@@ -379,72 +344,20 @@ class ThinkTuningTrainer:
         funcs = self.reward_funcs[:1] if correctness_only else self.reward_funcs
         return compute_rewards(funcs, [s.example.prompt for s in seqs], texts, columns)
 
-    def _guide(self, chosen: list[Sequence_], step: int) -> None:
-        """Ask the teacher about each chosen rollout and splice its feedback in (or count 'no feedback')."""
-        if not chosen:
-            return
+    def _continue(self, continuing: list[Sequence_], step: int) -> None:
+        """``guidance.continuation=student``: the student writes the rest on-policy, after the teacher's reason."""
         cfg = self.cfg
-        sees = cfg.teacher.sees_reference
-        cases = []
-        for s in chosen:
-            ex = s.example
-            if sees == "solution" and ex.solution:
-                ref, kind = f"{ex.solution}\nFinal answer: {ex.reference}", "solution"
-            elif sees != "none":
-                ref, kind = ex.reference, "answer"
-            else:
-                ref, kind = None, "answer"
-            cases.append(TeacherCase(ex.question, self._decode(s.response_ids), ref, kind,
-                                     ex.reference if sees != "none" else None))
-        results = self.teacher.feedback(cases)
-        self._watch_teacher(results, step)
-        continuing = []
-        for s, res in zip(chosen, results, strict=True):
-            s.teacher_raw = res.raw
-            if res.feedback is None:
-                s.no_feedback = True
-                continue
-            text = feedback_text(res.feedback, cfg.guidance.continuation)
-            teacher_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            sp = guidance.splice(
-                s.response_ids, teacher_ids, self.eos_id, max_feedback_tokens=cfg.teacher.max_feedback_tokens,
-                append_eos=cfg.guidance.continuation == "teacher",
-            )
-            student_text = self._decode(s.response_ids[: sp.student_len])
-            s.response_ids, s.teacher_mask = sp.response_ids, sp.teacher_mask
-            s.guided, s.opinion, s.finished = True, res.feedback.opinion, True
-            s.teacher_span = (len(student_text), len(self._decode(s.response_ids)))
-            if cfg.guidance.continuation == "student":
-                continuing.append(s)
-        if continuing:  # the student writes the rest on-policy, after the teacher's reason
-            gen = torch.Generator().manual_seed(self.cfg.seed * 7_000_003 + step)
-            more = sample(
-                self.accelerator.unwrap_model(self.model), [s.prompt_ids + s.response_ids for s in continuing],
-                max_new_tokens=cfg.rollout.max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
-                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generator=gen,
-                batch_size=cfg.rollout.batch_size,
-            )
-            for s, r in zip(continuing, more, strict=True):
-                s.response_ids = s.response_ids + r.response_ids
-                s.teacher_mask = s.teacher_mask + [0] * len(r.response_ids)
-                s.finished = r.finished
-
-    def _watch_teacher(self, results: list, step: int) -> None:
-        """Warn once when every request of ``teacher_silent_steps`` guided steps in a row gave no feedback."""
-        if any(r.feedback is not None for r in results):
-            self._silent_steps, self._silent_requests = 0, 0
-            return
-        self._silent_steps += 1
-        self._silent_requests += len(results)
-        if self._silent_steps >= self.teacher_silent_steps and not self._teacher_warned:
-            self._teacher_warned = True
-            log.warning(
-                "the teacher gave no usable feedback for any of the %d rollouts it was asked about in the last %d "
-                "guided steps (up to step %d): it seems broken. Those rollouts stay unguided (counted in "
-                "guidance/no_feedback; its raw output is teacher_raw in rollouts.jsonl). Check teacher.model, its "
-                "chat template and teacher.max_reason_tokens / max_phrase_tokens",
-                self._silent_requests, self._silent_steps, step + 1,
-            )
+        gen = torch.Generator().manual_seed(cfg.seed * 7_000_003 + step)
+        more = sample(
+            self.accelerator.unwrap_model(self.model), [s.prompt_ids + s.response_ids for s in continuing],
+            max_new_tokens=cfg.rollout.max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
+            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generator=gen,
+            batch_size=cfg.rollout.batch_size,
+        )
+        for s, r in zip(continuing, more, strict=True):
+            s.response_ids = s.response_ids + r.response_ids
+            s.teacher_mask = s.teacher_mask + [0] * len(r.response_ids)
+            s.finished = r.finished
 
     def _update(self, seqs: list[Sequence_]) -> dict[str, float]:
         """PPO epochs over mini-batches of whole groups; micro-batches accumulate gradients."""
@@ -580,6 +493,7 @@ class ThinkTuningTrainer:
             "question": s.example.question, "reference": s.example.reference, "response": s.text,
             "guided": s.guided, "teacher_span": list(s.teacher_span) if s.teacher_span else None,
             "opinion": s.opinion, "no_feedback": s.no_feedback, "teacher_raw": s.teacher_raw,
+            "teacher_error": s.teacher_error,
             "finished": s.finished, "student_correct": s.student_correct, "reward": s.reward,
             "advantage": s.advantage, "response_tokens": len(s.response_ids),
         }

@@ -1,6 +1,7 @@
 """The teacher: prompt and feedback format (``prompt``), and backends that produce feedback (``model``)."""
 
-from thinktuning.teacher.model import ModelTeacher, TeacherCase, TeacherResult
+from thinktuning.teacher.base import Teacher, TeacherCase, TeacherResult
+from thinktuning.teacher.model import ModelTeacher
 from thinktuning.teacher.prompt import (
     Feedback,
     build_messages,
@@ -12,6 +13,7 @@ from thinktuning.teacher.prompt import (
 __all__ = [
     "Feedback",
     "ModelTeacher",
+    "Teacher",
     "TeacherCase",
     "TeacherResult",
     "build_messages",

@@ -16,11 +16,10 @@ feedback" (e.g. an empty reason) is decided in one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from thinktuning.generation import DecodeSession
 from thinktuning.models import end_of_turn_id
-from thinktuning.teacher.prompt import Feedback, build_messages, parse_feedback
+from thinktuning.teacher.base import TeacherCase, TeacherResult
+from thinktuning.teacher.prompt import build_messages, parse_feedback
 
 CLOSING = "The final answer is \\boxed{"
 
@@ -28,26 +27,6 @@ CLOSING = "The final answer is \\boxed{"
 def has_final_answer(phrase: str) -> bool:
     """Whether a phrase already ends its answer in a well-formed ``\\boxed{}`` (checked by the parser)."""
     return parse_feedback(f"<opinion>correct</opinion><reason>x</reason><phrase>{phrase}</phrase>") is not None
-
-
-@dataclass
-class TeacherCase:
-    """What the teacher is asked about: one question and one student response."""
-
-    question: str
-    response: str
-    reference: str | None = None
-    """Shown only when the run's ``teacher.sees_reference`` allows it (a labelled deviation from the paper)."""
-    reference_kind: str = "answer"
-    answer: str | None = None
-    """The reference final answer, used only to close the phrase when the teacher may see the reference."""
-
-
-@dataclass
-class TeacherResult:
-    feedback: Feedback | None
-    raw: str
-    error: str | None = None
 
 
 def chat_prefix(tokenizer, messages: list[dict[str, str]]) -> str:
@@ -85,6 +64,13 @@ class ModelTeacher:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
+
+    def context(self) -> tuple[int | None, int]:
+        """The model's context window and the token count of the instructions and demonstrations."""
+        from thinktuning.models import context_limit
+
+        prefix = chat_prefix(self.tokenizer, build_messages("", ""))
+        return context_limit(self.model.config), len(self._ids(prefix))
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
