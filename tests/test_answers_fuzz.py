@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thinktuning.rewards import (
+from thinktuning.answers import (
     _BOX_OPEN,
     _normalise_reference,
     _top_level_boxes,
@@ -116,11 +116,14 @@ ADVERSARIAL = {
 
 
 @pytest.mark.parametrize("name", list(ADVERSARIAL))
-def test_adversarial_inputs_take_under_a_second(name):
+def test_adversarial_inputs_do_not_blow_up(name):
+    """A guard against quadratic (or worse) scans, not a speed target: each input takes ~0.1 s on a quiet 2-core
+    machine, a quadratic scan of these 100k-character inputs takes minutes, so 10 s separates the two even on a
+    machine loaded 10x over (1 s did not)."""
     text = ADVERSARIAL[name]
     start = time.perf_counter()
     _check(text)
-    assert time.perf_counter() - start < 1.0, f"{name}: {time.perf_counter() - start:.2f} s"
+    assert time.perf_counter() - start < 10.0, f"{name}: {time.perf_counter() - start:.2f} s"
 
 
 def test_deep_nesting_unwraps_correctly():
