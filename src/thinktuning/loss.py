@@ -316,6 +316,7 @@ def policy_loss(
     normalizer: float | None = None,
     ref_logp: torch.Tensor | None = None,
     kl_coef: float = 0.0,
+    token_weight: torch.Tensor | None = None,
 ) -> LossOutput:
     """ThinkTuning's policy loss over a (micro-)batch of rollouts.
 
@@ -337,6 +338,8 @@ def policy_loss(
         kl_coef: weight of the k3 KL estimate ``exp(ref - logp) - (ref - logp) - 1`` added to every
             response token's loss (``ref - logp`` clamped to +-20 so ``exp`` cannot overflow). The method
             itself uses none (0.0).
+        token_weight: (B, T) optional per-token factor on the policy-gradient term (no gradient through it): the
+            truncated importance ratio pi_old / pi_sampler when another engine (vLLM) sampled the tokens.
 
     Returns:
         :class:`LossOutput` with the scalar loss and metrics ``pg_loss``, ``clip_fraction`` (over tokens
@@ -356,6 +359,8 @@ def policy_loss(
     named = {"old_logp": old_logp, "response_mask": response_mask, "guided_mask": guided_mask}
     if ref_logp is not None:
         named["ref_logp"] = ref_logp
+    if token_weight is not None:
+        named["token_weight"] = token_weight
     for name, tensor in named.items():
         if tensor.shape != logp.shape:
             raise ValueError(
@@ -396,6 +401,8 @@ def policy_loss(
         shaped_weight_mean = _masked_mean(terms.weight, shaped)
     ppo_tokens = mask & ~shaped
 
+    if token_weight is not None:
+        pg_mat = pg_mat * clean(token_weight.detach())
     pg_loss = aggregate(pg_mat, mask, aggregation, normalizer)
     loss = pg_loss
     metrics: dict[str, float] = {

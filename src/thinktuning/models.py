@@ -149,9 +149,16 @@ def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
 
 
 def load_model(resolved: ResolvedModel, dtype: str = "float32", trust_remote_code: bool = False):
-    """Load a causal LM for training or frozen use; SDPA attention where the architecture supports it."""
+    """Load a causal LM for training or frozen use; SDPA attention where the architecture supports it.
+
+    A LoRA adapter folder (a LoRA run's checkpoint) loads as its base with the adapter merged in: a plain model
+    for inference (training resumes through :func:`thinktuning.lora.load_student`, which keeps the adapter apart)."""
     from transformers import AutoModelForCausalLM
 
+    from thinktuning.lora import is_adapter_dir, load_adapter_model
+
+    if resolved.kind == "folder" and is_adapter_dir(resolved.path):
+        return load_adapter_model(resolved, dtype, trust_remote_code)
     model = _from_pretrained(
         AutoModelForCausalLM, resolved, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
     )

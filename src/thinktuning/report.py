@@ -106,6 +106,8 @@ def load_run(path: str | Path) -> Run:
     tags = [str(preset)] if preset else []
     if not out.guidance:
         tags.append("guidance off")
+    elif (out.config.get("teacher") or {}).get("backend") == "scripted":  # a research instrument: say so in tables
+        tags.append("scripted teacher")
     out.label = f"{run.resolve().name} ({', '.join(tags)})" if tags else run.resolve().name
     return out
 

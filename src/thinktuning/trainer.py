@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from thinktuning import checkpoint as ckpt
-from thinktuning import guidance, runlog, tracking
+from thinktuning import distributed, guidance, lora, runlog, steplog, tracking
 from thinktuning.advantages import compute_advantages
 from thinktuning.config import ConfigError, ThinkTuningConfig, check_context_lengths, validate
 from thinktuning.data import DatasetError, Example, load_examples
@@ -28,7 +28,7 @@ from thinktuning.guide import Guide, Sequence_, TeacherWatch
 from thinktuning.interrupt import StopRequest
 from thinktuning.logprobs import collate, token_logprobs
 from thinktuning.loss import policy_loss
-from thinktuning.models import ResolvedModel, context_limit, end_of_turn_id, load_model, load_tokenizer, resolve
+from thinktuning.models import context_limit, end_of_turn_id, load_model, load_tokenizer, resolve
 from thinktuning.progress import Progress
 from thinktuning.rewards import AnswerChecker, compute_rewards, correctness_reward, load_reward_function
 from thinktuning.teacher.build import build_teacher, needs_frozen_student
@@ -59,6 +59,9 @@ class ThinkTuningTrainer:
             )
         self.accelerator = Accelerator()
         self.is_main = self.accelerator.is_main_process
+        distributed.check_world(cfg.rollout.prompts_per_step, cfg.optim.mini_batch_prompts,
+                                self.accelerator.num_processes)
+        distributed.check_backend(*distributed.backend(self.accelerator))
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.run_dir = Path(cfg.output_dir)
@@ -81,10 +84,10 @@ class ThinkTuningTrainer:
             runlog.prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
         self.accelerator.wait_for_everyone()
         self.resume_from = ckpt.latest_checkpoint(self.run_dir) if resume else None
-        weights = ResolvedModel(str(self.resume_from), str(self.resume_from)) if self.resume_from else self.student_spec
-        model = load_model(weights, cfg.model.dtype, cfg.model.trust_remote_code)
+        model = lora.load_student(self.student_spec, cfg.lora, self.resume_from, cfg.model.dtype,
+                                  cfg.model.trust_remote_code)
         model.train()
-        self.teacher, self.ref_model = self._load_teacher_and_ref()
+        self.teacher, self.ref_model = self._load_teacher_and_ref(model)
         self.guide = (
             Guide(cfg, self.teacher, self.tokenizer, self.eos_id, self._continue, TeacherWatch(logger=log))
             if self.teacher is not None else None
@@ -92,12 +95,19 @@ class ThinkTuningTrainer:
         self._check_context(model)
         from transformers import get_scheduler
 
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         scheduler = get_scheduler(
             cfg.optim.lr_scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
             num_training_steps=self.total_steps,
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.vllm = None  # rollout.backend=vllm: the student's vLLM copy (rollout_vllm.py), fed weights every step
+        if cfg.rollout.backend == "vllm":
+            from thinktuning import rollout_vllm
+
+            self.vllm = rollout_vllm.build(cfg, self.student_spec.path, self.accelerator.unwrap_model(self.model),
+                                           self.eos_id, self.accelerator.device)
         self.checker = AnswerChecker(timeout_s=cfg.reward.timeout_s)
         self.reward_funcs = [
             functools.partial(
@@ -119,7 +129,8 @@ class ThinkTuningTrainer:
             runlog.write_run_header(self.run_dir, cfg, {
                 "student": self.student_spec.__dict__, "total_steps": self.total_steps,
                 "data": self.data_stats.__dict__,
-                "teacher": ({"backend": cfg.teacher.backend, "model": cfg.teacher.model}
+                "teacher": ({"backend": cfg.teacher.backend,  # scripted: templates, no model to name
+                             "model": None if cfg.teacher.backend == "scripted" else cfg.teacher.model}
                             if cfg.guidance.enabled else None),
                 "resumed_from": str(self.resume_from) if self.resume_from else None,
             })
@@ -171,18 +182,22 @@ class ThinkTuningTrainer:
             chats = [render(t) for t in texts]
         return self.tokenizer(chats, add_special_tokens=False)["input_ids"]
 
-    def _load_teacher_and_ref(self):
+    def _load_teacher_and_ref(self, student):
         """The teacher (a frozen copy of the initial student by default) and, only when KL is on, a frozen
-        reference (the same frozen copy: it is loaded once)."""
+        reference (the same frozen copy: it is loaded once). With LoRA the frozen initial student is ``student``
+        itself, run under ``self.frozen_view`` (adapters off): no second copy."""
         cfg = self.cfg
-        frozen = None
-        if needs_frozen_student(cfg) or cfg.loss.kl_coef > 0:
+        frozen, self.frozen_view = None, contextlib.nullcontext
+        if cfg.lora.enabled:
+            frozen, self.frozen_view = student, functools.partial(lora.adapters_off, student)
+        elif needs_frozen_student(cfg) or cfg.loss.kl_coef > 0:
             frozen = load_model(self.student_spec, cfg.model.dtype, cfg.model.trust_remote_code)
             frozen.requires_grad_(False).eval().to(self.accelerator.device)
         teacher = None
         if cfg.guidance.enabled:
             teacher = build_teacher(cfg, tokenizer=self.tokenizer, frozen_student=frozen,
-                                    device=self.accelerator.device)
+                                    device=self.accelerator.device,
+                                    frozen_context=self.frozen_view if cfg.lora.enabled else None)
         return teacher, (frozen if cfg.loss.kl_coef > 0 else None)
 
     def _check_context(self, model) -> None:
@@ -259,6 +274,8 @@ class ThinkTuningTrainer:
 
     def close(self) -> None:
         self.checker.close()
+        if self.vllm is not None:
+            self.vllm.close()
         if self.is_main:
             self.metrics_out.close()
             self.rollouts_out.close()
@@ -266,20 +283,24 @@ class ThinkTuningTrainer:
 
     def step(self, step: int) -> dict[str, Any]:
         cfg, t0 = self.cfg, time.perf_counter()
-        g = cfg.rollout.group_size
-        examples = self._step_examples(step)
+        g, rank = cfg.rollout.group_size, self.accelerator.process_index
+        # this process's whole groups of the step (all of them with one process): see distributed.py
+        mine = distributed.my_groups(cfg.rollout.prompts_per_step, rank, self.accelerator.num_processes)
+        examples = [ex for j, ex in enumerate(self._step_examples(step)) if j in mine]
         prompts = [self._prompt_ids[ex.id] for ex in examples for _ in range(g)]
 
-        # 1. student rollouts (seeded by step: exact resume needs no generator state)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        rollouts = sample(
+        # 1. student rollouts (seeded by step and rank: exact resume needs no generator state)
+        seed = distributed.rank_seed(cfg.seed * 1_000_003 + step, rank)
+        gen = torch.Generator().manual_seed(seed)
+        rollouts = self.vllm.sample(prompts, seed) if self.vllm is not None else sample(
             self.accelerator.unwrap_model(self.model), prompts, max_new_tokens=cfg.rollout.max_new_tokens,
             eos_id=self.eos_id, pad_id=self.pad_id, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
             generator=gen, batch_size=cfg.rollout.batch_size,
         )
         seqs = [
-            Sequence_(examples[i // g], i // g, r.prompt_ids, r.response_ids, r.finished,
-                      teacher_mask=[0] * len(r.response_ids))
+            Sequence_(examples[i // g], mine[i // g], r.prompt_ids, r.response_ids, r.finished,
+                      teacher_mask=[0] * len(r.response_ids),
+                      sampler_logprobs=r.logprobs if self.vllm is not None else None)
             for i, r in enumerate(rollouts)
         ]
         t_student = time.perf_counter() - t0
@@ -298,9 +319,8 @@ class ThinkTuningTrainer:
                 step, self.total_steps, schedule=gd.schedule, p_start=gd.p_start, p_end=gd.p_end,
                 decay_fraction=gd.decay_fraction, cutoff_epsilon=gd.cutoff_epsilon,
             )
-            chosen = guidance.select_guided(
-                [s.finished for s in seqs], g, p, random.Random(f"{cfg.seed}-guide-{step}"), gd.min_per_group
-            )
+            pick_rng = random.Random(f"{cfg.seed}-guide-{step}{distributed.rank_salt(rank)}")
+            chosen = guidance.select_guided([s.finished for s in seqs], g, p, pick_rng, gd.min_per_group)
             self.guide([seqs[i] for i in chosen], step)
         t_teacher = time.perf_counter() - t1
         for s in seqs:
@@ -318,17 +338,25 @@ class ThinkTuningTrainer:
         # 5. loss and 6. update
         t2 = time.perf_counter()
         upd = self._update(seqs)
+        if self.vllm is not None:  # the next step samples from the updated weights
+            self.vllm.push_weights(self.accelerator.unwrap_model(self.model))
         t_update = time.perf_counter() - t2
 
-        # 7. logs
-        metrics = self._metrics(step, seqs, p, upd)
+        # 7. logs, of every process's rollouts (gathered in group order)
+        seqs = sorted(distributed.gather(self.accelerator, seqs), key=lambda s: s.group)
+        metrics = steplog.step_metrics(
+            step, seqs, p, upd, lr=self.scheduler.get_last_lr()[0],
+            checker_timeouts=int(distributed.all_sum(self.accelerator, self.checker.timeouts)),
+            unparsed_references=int(distributed.all_sum(self.accelerator, len(self.checker.unparsed_references))),
+        )
         metrics.update({
             "time/student_generate": t_student, "time/teacher_generate": t_teacher, "time/update": t_update,
             "time/step": time.perf_counter() - t0,
+            **(self.vllm.step_metrics() if self.vllm is not None else {}),
         })
         if self.is_main and cfg.log_rollouts:
             for i, s in enumerate(seqs):
-                self.rollouts_out.write(self._rollout_record(step + 1, i, s))
+                self.rollouts_out.write(steplog.rollout_record(step + 1, i, s))
         return metrics
 
     def _decode(self, ids: list[int]) -> str:
@@ -347,7 +375,8 @@ class ThinkTuningTrainer:
     def _continue(self, continuing: list[Sequence_], step: int) -> None:
         """``guidance.continuation=student``: the student writes the rest on-policy, after the teacher's reason."""
         cfg = self.cfg
-        gen = torch.Generator().manual_seed(cfg.seed * 7_000_003 + step)
+        gen = torch.Generator().manual_seed(distributed.rank_seed(cfg.seed * 7_000_003 + step,
+                                                                  self.accelerator.process_index))
         more = sample(
             self.accelerator.unwrap_model(self.model), [s.prompt_ids + s.response_ids for s in continuing],
             max_new_tokens=cfg.rollout.max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
@@ -363,7 +392,8 @@ class ThinkTuningTrainer:
         """PPO epochs over mini-batches of whole groups; micro-batches accumulate gradients."""
         cfg = self.cfg
         g = cfg.rollout.group_size
-        mb_seqs = (cfg.optim.mini_batch_prompts or cfg.rollout.prompts_per_step) * g
+        world = self.accelerator.num_processes  # each process holds 1/world of every mini-batch's groups
+        mb_seqs = (cfg.optim.mini_batch_prompts or cfg.rollout.prompts_per_step) // world * g
         minibatches = [list(range(i, min(i + mb_seqs, len(seqs)))) for i in range(0, len(seqs), mb_seqs)]
         reuse_old = cfg.optim.ppo_epochs == 1 and len(minibatches) == 1  # pi_old == pi_theta: skip a pass
         old = None if reuse_old else self._old_logprobs(seqs)
@@ -374,7 +404,8 @@ class ThinkTuningTrainer:
         for _ in range(cfg.optim.ppo_epochs):
             for mb in minibatches:
                 ntok = sum(len(seqs[i].response_ids) for i in mb)
-                norm = float(ntok) if cfg.loss.aggregation == "token-mean" else float(len(mb))
+                count = float(ntok) if cfg.loss.aggregation == "token-mean" else float(len(mb))
+                norm = distributed.loss_normalizer(distributed.all_sum(self.accelerator, count), world)
                 self.optimizer.zero_grad(set_to_none=True)
                 mbs = cfg.optim.micro_batch_size
                 bad_loss = None
@@ -413,7 +444,7 @@ class ThinkTuningTrainer:
         out["loss"] = sums["loss"] / (n_updates - skipped) if n_updates > skipped and "loss" in sums else math.nan
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
         out["updates_skipped"] = skipped
-        return out
+        return distributed.mean_metrics(self.accelerator, out)  # over all processes (grad_norm is the same on all)
 
     def _tensors(self, chunk: list[Sequence_]):
         batch = collate([s.prompt_ids for s in chunk], [s.response_ids for s in chunk], self.pad_id)
@@ -447,53 +478,12 @@ class ThinkTuningTrainer:
                 old_logp[i, : len(o)] = o.to(device)
         ref_logp = None
         if self.ref_model is not None:
-            with torch.no_grad():
+            with torch.no_grad(), self.frozen_view():
                 ref_logp = token_logprobs(self.ref_model, batch, cfg.rollout.temperature)
         adv = torch.tensor([s.advantage for s in chunk], dtype=torch.float32, device=device)
         return policy_loss(
             logp, old_logp, adv, batch.response_mask.to(device), shaped.to(device), shaping=cfg.loss.shaping,
             clip_low=cfg.loss.clip_low, clip_high=cfg.loss.clip_high, aggregation=cfg.loss.aggregation,
             normalizer=norm, ref_logp=ref_logp, kl_coef=cfg.loss.kl_coef,
+            token_weight=self.vllm.token_weights(chunk, old_logp) if self.vllm is not None else None,
         )
-
-    def _metrics(self, step: int, seqs: list[Sequence_], p: float, upd: dict[str, float]) -> dict[str, Any]:
-        rewards = torch.tensor([s.reward for s in seqs])
-        guided = [s for s in seqs if s.guided]
-        unguided = [s for s in seqs if not s.guided]
-        resp_tokens = sum(len(s.response_ids) for s in seqs)
-        teacher_tokens = sum(sum(s.teacher_mask) for s in seqs)
-        mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
-        return {
-            "step": step + 1,
-            "reward/mean": float(rewards.mean()),
-            "reward/std": float(rewards.std()) if len(seqs) > 1 else 0.0,
-            "accuracy": mean([s.student_correct for s in seqs]),
-            "guidance/p": p,
-            "guidance/fraction": len(guided) / len(seqs),
-            "guidance/guided": len(guided),
-            "guidance/no_feedback": sum(s.no_feedback for s in seqs),
-            "guidance/teacher_token_fraction": teacher_tokens / max(resp_tokens, 1),
-            "guidance/reward_guided": mean([s.reward for s in guided]),
-            "guidance/reward_unguided": mean([s.reward for s in unguided]),
-            "loss": upd.pop("loss"),
-            "loss/shaped_weight_mean": upd.get("shaped_weight_mean", 0.0),
-            "clip_fraction": upd.get("clip_fraction", 0.0),
-            "grad_norm": upd.pop("grad_norm"),
-            "lr": self.scheduler.get_last_lr()[0],
-            "response_length/mean": resp_tokens / len(seqs),
-            "truncated_fraction": mean([0.0 if s.finished else 1.0 for s in seqs]),
-            "reward/checker_timeouts": self.checker.timeouts,
-            "reward/unparsed_references": len(self.checker.unparsed_references),
-            **{f"loss/{k}": v for k, v in upd.items()},
-        }
-
-    def _rollout_record(self, step: int, index: int, s: Sequence_) -> dict[str, Any]:
-        return {
-            "step": step, "group": s.group, "index": index, "example_id": s.example.id,
-            "question": s.example.question, "reference": s.example.reference, "response": s.text,
-            "guided": s.guided, "teacher_span": list(s.teacher_span) if s.teacher_span else None,
-            "opinion": s.opinion, "no_feedback": s.no_feedback, "teacher_raw": s.teacher_raw,
-            "teacher_error": s.teacher_error,
-            "finished": s.finished, "student_correct": s.student_correct, "reward": s.reward,
-            "advantage": s.advantage, "response_tokens": len(s.response_ids),
-        }

@@ -10,10 +10,11 @@ from thinktuning.config import ThinkTuningConfig
 from thinktuning.teacher.base import Teacher
 
 
-def build_teacher(cfg: ThinkTuningConfig, *, tokenizer, frozen_student, device) -> Teacher:
+def build_teacher(cfg: ThinkTuningConfig, *, tokenizer, frozen_student, device, frozen_context=None) -> Teacher:
     """The run's teacher. ``frozen_student`` is the frozen initial student (loaded by the trainer when
     ``teacher.model`` is ``student-init``), ``tokenizer`` the student's (the spliced feedback is re-tokenized
-    with it either way)."""
+    with it either way). With LoRA, ``frozen_student`` is the trained model itself and ``frozen_context`` the
+    context under which it is the initial student (adapters off)."""
     t = cfg.teacher
     if t.backend == "model":
         from thinktuning.models import load_model, load_tokenizer, resolve
@@ -28,10 +29,34 @@ def build_teacher(cfg: ThinkTuningConfig, *, tokenizer, frozen_student, device) 
         return ModelTeacher(
             t_model, t_tok, max_reason_tokens=t.max_reason_tokens, max_phrase_tokens=t.max_phrase_tokens,
             repetition_penalty=t.repetition_penalty, close_with_answer=t.close_with_answer, batch_size=t.batch_size,
+            forward_context=frozen_context if t.model == "student-init" else None,
         )
+    if t.backend == "http":
+        from thinktuning.openai_client import OpenAIClient
+        from thinktuning.teacher.http import HTTPTeacher
+
+        t_tok = None
+        if t.api == "completions":  # we render the chat template: the served model's tokenizer (student's by default)
+            from thinktuning.models import load_tokenizer, resolve
+
+            t_tok = tokenizer if t.model == "student-init" else load_tokenizer(
+                resolve(t.model, cfg.model.cache_dir), cfg.model.trust_remote_code)
+        client = OpenAIClient(t.base_url, t.server_model, api_key_env=t.api_key_env, concurrency=t.concurrency,
+                              timeout_s=t.timeout_s, max_retries=t.max_retries)
+        return HTTPTeacher(
+            client, api=t.api, tokenizer=t_tok, max_reason_tokens=t.max_reason_tokens,
+            max_phrase_tokens=t.max_phrase_tokens, repetition_penalty=t.repetition_penalty,
+            close_with_answer=t.close_with_answer,
+        )
+    if t.backend == "scripted":  # a research instrument: templates over the task's worked steps, no model
+        from thinktuning.teacher.scripted import ScriptedTeacher
+
+        return ScriptedTeacher(cfg.seed, tokenizer=tokenizer, max_feedback_tokens=t.max_feedback_tokens)
     raise AssertionError(f"unhandled teacher.backend {t.backend!r}")  # validate() lists the allowed values
 
 
 def needs_frozen_student(cfg: ThinkTuningConfig) -> bool:
-    """Whether the teacher is a frozen copy of the initial student held in this process."""
-    return cfg.guidance.enabled and cfg.teacher.backend == "model" and cfg.teacher.model == "student-init"
+    """Whether the teacher is a frozen copy of the initial student held in this process. Not with LoRA: the
+    student's base weights never change, so the student with its adapters off is that copy already."""
+    return (cfg.guidance.enabled and cfg.teacher.backend == "model" and cfg.teacher.model == "student-init"
+            and not cfg.lora.enabled)

@@ -16,6 +16,10 @@ feedback" (e.g. an empty reason) is decided in one place.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 from thinktuning.generation import DecodeSession
 from thinktuning.models import end_of_turn_id
 from thinktuning.teacher.base import TeacherCase, TeacherResult
@@ -49,7 +53,11 @@ class ModelTeacher:
         repetition_penalty: float = 1.0,
         close_with_answer: bool = True,
         batch_size: int = 8,
+        forward_context: Callable[[], AbstractContextManager] | None = None,
     ) -> None:
+        """``forward_context``: a context under which ``model`` acts as the teacher, for a model that is shared
+        with the student being trained (LoRA: the same model with adapters off). The model is then left as it
+        is; without one, the model is the teacher's alone and is frozen here."""
         self.model = model
         self.tokenizer = tokenizer
         self.max_reason_tokens = max_reason_tokens
@@ -61,9 +69,11 @@ class ModelTeacher:
         self.pad_id = tokenizer.pad_token_id
         self._opinion_ids = [self._ids(o)[0] for o in ("correct", "incorrect")]
         self._prefix: tuple[str, tuple | None] | None = None
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.model.eval()
+        self._forward_context = forward_context or contextlib.nullcontext
+        if forward_context is None:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            self.model.eval()
 
     def context(self) -> tuple[int | None, int]:
         """The model's context window and the token count of the instructions and demonstrations."""
@@ -102,8 +112,9 @@ class ModelTeacher:
 
     def feedback(self, cases: list[TeacherCase]) -> list[TeacherResult]:
         out: list[TeacherResult] = []
-        for start in range(0, len(cases), self.batch_size):
-            out.extend(self._feedback_batch(cases[start : start + self.batch_size]))
+        with self._forward_context():  # every forward of the teacher, the shared prefix's included, runs inside
+            for start in range(0, len(cases), self.batch_size):
+                out.extend(self._feedback_batch(cases[start : start + self.batch_size]))
         return out
 
     def _gen(self, session: DecodeSession, max_tokens: int, stop: str, rows=None) -> list[str]:

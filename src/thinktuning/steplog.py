@@ -1,0 +1,64 @@
+"""What a step logs: the metrics line of metrics.jsonl and one rollouts.jsonl record per rollout.
+
+Pure functions of the step's rollouts (all processes' rollouts, gathered, when several train together), kept out
+of the trainer so that it only wires the steps together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from thinktuning.guide import Sequence_
+
+
+def step_metrics(
+    step: int, seqs: list[Sequence_], p: float, upd: dict[str, float], *, lr: float, checker_timeouts: int,
+    unparsed_references: int,
+) -> dict[str, Any]:
+    """The metrics line of step ``step`` (0-based; logged 1-based). ``upd`` holds the update's metrics (its
+    ``loss`` and ``grad_norm`` are taken out; the rest are logged as ``loss/<name>``)."""
+    upd = dict(upd)
+    rewards = torch.tensor([s.reward for s in seqs])
+    guided = [s for s in seqs if s.guided]
+    unguided = [s for s in seqs if not s.guided]
+    resp_tokens = sum(len(s.response_ids) for s in seqs)
+    teacher_tokens = sum(sum(s.teacher_mask) for s in seqs)
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {
+        "step": step + 1,
+        "reward/mean": float(rewards.mean()),
+        "reward/std": float(rewards.std()) if len(seqs) > 1 else 0.0,
+        "accuracy": mean([s.student_correct for s in seqs]),
+        "guidance/p": p,
+        "guidance/fraction": len(guided) / len(seqs),
+        "guidance/guided": len(guided),
+        "guidance/no_feedback": sum(s.no_feedback for s in seqs),
+        "guidance/teacher_token_fraction": teacher_tokens / max(resp_tokens, 1),
+        "guidance/reward_guided": mean([s.reward for s in guided]),
+        "guidance/reward_unguided": mean([s.reward for s in unguided]),
+        "loss": upd.pop("loss"),
+        "loss/shaped_weight_mean": upd.get("shaped_weight_mean", 0.0),
+        "clip_fraction": upd.get("clip_fraction", 0.0),
+        "grad_norm": upd.pop("grad_norm"),
+        "lr": lr,
+        "response_length/mean": resp_tokens / len(seqs),
+        "truncated_fraction": mean([0.0 if s.finished else 1.0 for s in seqs]),
+        "reward/checker_timeouts": checker_timeouts,
+        "reward/unparsed_references": unparsed_references,
+        **{f"loss/{k}": v for k, v in upd.items()},
+    }
+
+
+def rollout_record(step: int, index: int, s: Sequence_) -> dict[str, Any]:
+    """One line of rollouts.jsonl (``step`` 1-based, ``index`` the rollout's place in the step's batch)."""
+    return {
+        "step": step, "group": s.group, "index": index, "example_id": s.example.id,
+        "question": s.example.question, "reference": s.example.reference, "response": s.text,
+        "guided": s.guided, "teacher_span": list(s.teacher_span) if s.teacher_span else None,
+        "opinion": s.opinion, "no_feedback": s.no_feedback, "teacher_raw": s.teacher_raw,
+        "teacher_error": s.teacher_error,
+        "finished": s.finished, "student_correct": s.student_correct, "reward": s.reward,
+        "advantage": s.advantage, "response_tokens": len(s.response_ids),
+    }
