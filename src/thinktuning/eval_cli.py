@@ -37,6 +37,15 @@ def add_parsers(sub) -> None:
                     help="score a response without \\boxed{} by its last number (default none, as the paper)")
     ev.add_argument("--backend", choices=tuple(BACKENDS), default=d.backend, help="generation engine")
     ev.add_argument("--batch-size", type=int, default=d.batch_size, help="responses generated together")
+    ev.add_argument("--base-url", default=None, metavar="URL",
+                    help="--backend openai: the server's API root (e.g. http://127.0.0.1:8000/v1); --model is then "
+                         "the served model's name")
+    ev.add_argument("--server-model", default=None, metavar="NAME",
+                    help="--backend openai: model name to request if not --model ('auto': the server's first)")
+    ev.add_argument("--api-key-env", default=None, metavar="VAR",
+                    help="--backend openai: environment variable holding the API key (sent as a Bearer header)")
+    ev.add_argument("--concurrency", type=int, default=d.concurrency, help="--backend openai: requests in flight")
+    ev.add_argument("--timeout", type=float, default=d.timeout_s, help="--backend openai: seconds per request")
     ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=d.dtype)
     ev.add_argument("--seed", type=int, default=d.seed, help="sampling, GPQA choice order, arithmetic problems")
     ev.add_argument("--output", default=None, metavar="FILE.json",
@@ -61,7 +70,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     settings = EvalSettings(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens, seed=args.seed, answer_fallback=args.answer_fallback,
                             limit=args.limit, levels=levels, backend=args.backend, batch_size=args.batch_size,
-                            dtype=args.dtype)
+                            dtype=args.dtype, base_url=args.base_url, server_model=args.server_model,
+                            api_key_env=args.api_key_env, concurrency=args.concurrency, timeout_s=args.timeout)
     req = EvalRequest(model=args.model, benchmarks=parse_benchmarks(args.benchmarks), settings=settings,
                       data_dir=args.data_dir, output=args.output)
     results = run_eval(req, log=lambda s: print(s, file=sys.stderr, flush=True))

@@ -73,6 +73,13 @@ class EvalSettings:
     backend: str = "transformers"
     batch_size: int = 32
     dtype: str = "float32"
+    base_url: str | None = None
+    """``--backend openai``: the server's API root, e.g. http://127.0.0.1:8000/v1."""
+    server_model: str | None = None
+    """``--backend openai``: the model name to request (default: ``--model``; ``auto``: the server's first)."""
+    api_key_env: str | None = None
+    concurrency: int = 8
+    timeout_s: float = 600.0
 
     @property
     def greedy(self) -> bool:
@@ -94,6 +101,12 @@ class EvalSettings:
             raise ConfigError(f"--backend {self.backend!r} is not available; available: {', '.join(BACKENDS)}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.backend == "openai" and not self.base_url:
+            raise ConfigError("--backend openai needs --base-url (the server's API root, e.g. http://127.0.0.1:8000/v1)")
+        if self.backend != "openai" and self.base_url:
+            raise ConfigError(f"--base-url is for --backend openai (the backend is {self.backend})")
+        if self.concurrency < 1 or self.timeout_s <= 0:
+            raise ConfigError(f"need --concurrency >= 1 and --timeout > 0, got {self.concurrency}, {self.timeout_s}")
         if not self.levels or not set(self.levels) <= {1, 2, 3, 4}:
             raise ConfigError(f"--levels must be arithmetic levels among 1,2,3,4, got {list(self.levels)}")
 
@@ -167,7 +180,18 @@ def _transformers_backend(resolved, settings: EvalSettings, progress: Callable[[
                                  progress=progress)
 
 
-BACKENDS: dict[str, Callable[..., Generator]] = {"transformers": _transformers_backend}
+def _openai_backend(model_name: str, settings: EvalSettings, progress: Callable[[str], None] | None) -> Generator:
+    from thinktuning.eval_server import OpenAIGenerator
+    from thinktuning.openai_client import OpenAIClient
+
+    name = settings.server_model or model_name
+    client = OpenAIClient(settings.base_url or "", None if name == "auto" else name,
+                          api_key_env=settings.api_key_env, concurrency=settings.concurrency,
+                          timeout_s=settings.timeout_s)
+    return OpenAIGenerator(client, seed=settings.seed, progress=progress)
+
+
+BACKENDS: dict[str, Callable[..., Generator]] = {"transformers": _transformers_backend, "openai": _openai_backend}
 """Backend name -> factory(resolved_model, settings, progress). Only backends that exist are listed."""
 
 
@@ -353,7 +377,10 @@ def run_eval(req: EvalRequest, log: Callable[[str], None] = lambda s: None) -> d
     req.settings.check()
     benches = [load_benchmark(b, req.data_dir, req.settings.limit, req.settings.seed, req.settings.levels)
                for b in req.benchmarks]
-    resolved, info = resolve_eval_model(req.model)
+    if req.settings.backend == "openai":  # the model lives on the server: --model is the name to request
+        resolved, info = req.model, {"spec": req.model, "server": req.settings.base_url}
+    else:
+        resolved, info = resolve_eval_model(req.model)
     generator = BACKENDS[req.settings.backend](resolved, req.settings, lambda s: log(f"  generated {s}"))
     model = getattr(generator, "model", None)
     if model is not None and hasattr(generator, "prompt_lengths"):
