@@ -113,6 +113,18 @@ def test_checkpoint_holds_the_adapter_and_loads_as_the_trained_model(lora_run, t
         assert torch.allclose(token_logprobs(merged, batch), token_logprobs(model, batch), atol=1e-5)
 
 
+def test_thinktuning_eval_takes_the_lora_run_folder(lora_run, tmp_path):
+    from thinktuning.cli import main
+
+    out = tmp_path / "eval.json"
+    code = main(["eval", "--model", str(lora_run["run"]), "--benchmarks", "arithmetic", "--limit", "3",
+                 "--max-new-tokens", "8", "--output", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())
+    assert res["model"]["checkpoint"].endswith("step-000003") and res["model"]["step"] == 3
+    assert len(res["benchmarks"]["arithmetic"]["items"]) == 3
+
+
 def test_resume_continues_exactly(lora_run, tiny_student, tmp_path):
     straight = lora_run["history"]
     run = tmp_path / "resumed"
