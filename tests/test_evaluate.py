@@ -253,6 +253,10 @@ def test_prompts_are_encoded_exactly_as_the_trainer_encodes_them(smol_tokenizer)
     texts = [ex.prompt for ex in load_benchmark("arithmetic", limit=4).examples]
     gen = TransformersGenerator(make_tiny_model_for(smol_tokenizer), smol_tokenizer)
     assert gen.encode(texts) == ThinkTuningTrainer._encode_prompts(SimpleNamespace(tokenizer=smol_tokenizer), texts)
+    # and both equal rendering the chat template prompt by prompt (what the shared sentinel shortcut must match)
+    rendered = [smol_tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                   add_generation_prompt=True) for t in texts]
+    assert gen.encode(texts) == smol_tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
 def make_tiny_model_for(tokenizer):

@@ -134,10 +134,10 @@ class TransformersGenerator:
         self.progress = progress
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """User turns in the chat template with the assistant header, as the trainer encodes prompts."""
-        chats = [self.tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
-                                                    add_generation_prompt=True) for t in texts]
-        return self.tokenizer(chats, add_special_tokens=False)["input_ids"]
+        """User turns in the chat template with the assistant header: the trainer's own encoding."""
+        from thinktuning.models import encode_user_turns
+
+        return encode_user_turns(self.tokenizer, list(texts))
 
     def generate(self, prompts: Sequence[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  greedy: bool) -> list[list[Generation]]:

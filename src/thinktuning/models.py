@@ -197,3 +197,25 @@ def end_of_turn_id(tokenizer) -> int:
         raise ModelError("tokenizer has neither a known end-of-turn token nor an eos token; ThinkTuning needs one "
                          "to end responses. Use an instruct/chat model or set eos_token in its tokenizer_config.json")
     return int(tokenizer.eos_token_id)
+
+
+def encode_user_turns(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Chat-format and tokenize user turns, ending with the assistant header: the prompts the student sees, in
+    training and in evaluation alike. Rendering the template once per prompt took ~10 ms each (20 s for the default
+    2,000 problems), so we render it once around a sentinel and fill in each text, after checking on the first
+    text that this gives exactly what the template renders."""
+    def render(text: str) -> str:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+
+    sentinel = "\x00THINKTUNING-PROMPT\x00"
+    wrapped = render(sentinel)
+    if wrapped.count(sentinel) == 1:
+        head, tail = wrapped.split(sentinel)
+        chats = [head + t + tail for t in texts]
+        if chats and chats[0] != render(texts[0]):
+            chats = [render(t) for t in texts]
+    else:
+        chats = [render(t) for t in texts]
+    return tokenizer(chats, add_special_tokens=False)["input_ids"]
