@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thinktuning.generation import left_pad, positions_from_mask, sample
+from thinktuning.generation import decode_linears, draw, left_pad, positions_from_mask, sample
 from thinktuning.logprobs import collate, token_logprobs
 
 PAD = 0
@@ -190,3 +190,67 @@ def test_sample_restores_training_mode(make_model) -> None:
     model.train()
     sample(model, PROMPTS[:1], max_new_tokens=2, eos_id=63, pad_id=PAD, greedy=True)
     assert model.training is True
+
+
+# ---------------------------------------------------------------------------------------------- draw
+
+
+def test_draw_inverts_the_cumulative_distribution_by_hand(monkeypatch) -> None:
+    # cdf of [1/8, 0, 5/8, 1/4] is [0.125, 0.125, 0.75, 1.0] (exact in binary): u=0.0625 -> 0, u=0.125 -> 2
+    # (token 1 has no mass), u=0.74 -> 2, u=0.75 -> 3, u=0.999 -> 3
+    probs = torch.tensor([[0.125, 0.0, 0.625, 0.25]] * 5)
+    us = torch.tensor([[0.0625], [0.125], [0.74], [0.75], [0.999]])
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: us)
+    assert draw(probs).tolist() == [0, 2, 2, 3, 3]
+
+
+def test_draw_never_returns_a_token_without_mass_even_at_the_top_edge(monkeypatch) -> None:
+    probs = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.2, 0.8, 0.0, 0.0]]) * 3.0  # unnormalised too
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.ones(2, 1))  # u * total == total
+    assert draw(probs).tolist() == [1, 1]
+
+
+def test_draw_matches_the_distribution() -> None:
+    probs = torch.tensor([0.5, 0.25, 0.125, 0.0, 0.125]).repeat(20000, 1)
+    got = torch.bincount(draw(probs, torch.Generator().manual_seed(0)), minlength=5).float() / 20000
+    assert got[3] == 0
+    assert torch.allclose(got, probs[0], atol=0.015)
+
+
+def test_draw_is_reproducible_with_a_seeded_generator() -> None:
+    probs = torch.softmax(torch.randn(8, 100, generator=torch.Generator().manual_seed(1)), -1)
+    a = draw(probs, torch.Generator().manual_seed(5))
+    b = draw(probs, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+# -------------------------------------------------------------------------------------- decode_linears
+
+
+def test_decode_linears_computes_the_same_products() -> None:
+    lin = torch.nn.Linear(6, 5)
+    x = torch.randn(3, 2, 6)
+    expected = lin(x)
+    with torch.no_grad(), decode_linears(lin):
+        got = lin(x)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert got.shape == (3, 2, 5)
+
+
+def test_decode_linears_is_undone_on_exit_and_leaves_autograd_alone() -> None:
+    lin = torch.nn.Linear(4, 4)
+    with decode_linears(lin):
+        assert "forward" in vars(lin)
+        y = lin(torch.randn(2, 4))  # grad enabled: the plain path, differentiable
+        y.sum().backward()
+    assert "forward" not in vars(lin)
+    assert lin.weight.grad is not None
+
+
+def test_decode_linears_keeps_model_outputs(tiny_model) -> None:
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    with torch.no_grad():
+        plain = tiny_model(input_ids=ids).logits
+        with decode_linears(tiny_model):
+            patched = tiny_model(input_ids=ids).logits
+    assert torch.allclose(plain, patched, atol=1e-5)

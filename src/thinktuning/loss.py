@@ -302,6 +302,11 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     return float(torch.where(mask, values, 0.0).sum().item() / count)
 
 
+METRIC_NAMES = ("pg_loss", "clip_fraction", "ratio_mean", "shaped_token_fraction", "shaped_weight_mean",
+                "fallback_token_count")
+"""The metrics :func:`policy_loss` always returns (``kl`` too when a reference is given)."""
+
+
 def policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from thinktuning import checkpoint as ckpt
-from thinktuning import distributed, guidance, lora, runlog, steplog, tracking
+from thinktuning import distributed, guidance, lora, microbatch, runlog, steplog, tracking
 from thinktuning.advantages import compute_advantages
 from thinktuning.config import ConfigError, ThinkTuningConfig, check_context_lengths, validate
 from thinktuning.data import DatasetError, Example, load_examples
@@ -27,7 +27,7 @@ from thinktuning.generation import sample
 from thinktuning.guide import Guide, Sequence_, TeacherWatch
 from thinktuning.interrupt import StopRequest
 from thinktuning.logprobs import collate, token_logprobs
-from thinktuning.loss import policy_loss
+from thinktuning.loss import METRIC_NAMES, policy_loss
 from thinktuning.models import (
     context_limit,
     encode_user_turns,
@@ -385,23 +385,31 @@ class ThinkTuningTrainer:
         world = self.accelerator.num_processes  # each process holds 1/world of every mini-batch's groups
         mb_seqs = (cfg.optim.mini_batch_prompts or cfg.rollout.prompts_per_step) // world * g
         minibatches = [list(range(i, min(i + mb_seqs, len(seqs)))) for i in range(0, len(seqs), mb_seqs)]
+        # rows with advantage 0 carry no gradient without a KL term (microbatch.py); with several processes every
+        # rank must run the same number of backward passes (DDP's all-reduce), so only a single process skips them
+        skip_zero = cfg.loss.kl_coef == 0 and world == 1
         reuse_old = cfg.optim.ppo_epochs == 1 and len(minibatches) == 1  # pi_old == pi_theta: skip a pass
-        old = None if reuse_old else self._old_logprobs(seqs)
+        old = None if reuse_old else self._old_logprobs(seqs, minibatches, skip_zero)
         sums: dict[str, float] = {}
         counts = 0
         grad_norms = []
         skipped = 0
+        rows_skipped = padded = 0
         for _ in range(cfg.optim.ppo_epochs):
             for mb in minibatches:
                 ntok = sum(len(seqs[i].response_ids) for i in mb)
                 count = float(ntok) if cfg.loss.aggregation == "token-mean" else float(len(mb))
                 norm = distributed.loss_normalizer(distributed.all_sum(self.accelerator, count), world)
                 self.optimizer.zero_grad(set_to_none=True)
-                mbs = cfg.optim.micro_batch_size
+                plan = [[mb[j] for j in part] for part in microbatch.plan_micro_batches(
+                    [len(seqs[i].response_ids) for i in mb], [seqs[i].advantage for i in mb],
+                    cfg.optim.micro_batch_size, skip_zero_advantage=skip_zero)]
+                rows_skipped += len(mb) - sum(len(p) for p in plan)
+                padded += microbatch.padded_tokens(
+                    [len(s.prompt_ids) for s in seqs], [len(s.response_ids) for s in seqs], plan)
                 bad_loss = None
                 parts = []  # (metrics, loss, n) per micro-batch, added to the step's metrics if the update applies
-                for k in range(0, len(mb), mbs):
-                    idx = mb[k : k + mbs]
+                for idx in plan:
                     out = self._micro_loss([seqs[i] for i in idx], None if old is None else [old[i] for i in idx], norm)
                     loss = float(out.loss.detach())
                     if not math.isfinite(loss):
@@ -410,6 +418,11 @@ class ThinkTuningTrainer:
                     # (a NaN loss on one makes the reduced gradient norm non-finite on all, so all skip together)
                     self.accelerator.backward(out.loss)
                     parts.append((out.metrics, loss, len(idx)))
+                if not plan:  # every row had advantage 0: the gradient is exactly zero, and AdamW still steps on it
+                    for p in self.model.parameters():
+                        if p.requires_grad:
+                            p.grad = torch.zeros_like(p)
+                    parts.append(({"pg_loss": 0.0}, 0.0, 0))
                 gn = float(self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm))
                 if bad_loss is not None:
                     why = f"non-finite loss ({bad_loss}) in a micro-batch"
@@ -433,7 +446,11 @@ class ThinkTuningTrainer:
         # mean over the updates applied; NaN (null in metrics.jsonl) when every update of the step was skipped
         out["loss"] = sums["loss"] / (n_updates - skipped) if n_updates > skipped and "loss" in sums else math.nan
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
+        for key in METRIC_NAMES:  # the same keys every step: NaN when no row carried gradient all step
+            out.setdefault(key, math.nan)
         out["updates_skipped"] = skipped
+        out["rows_skipped"] = rows_skipped / cfg.optim.ppo_epochs  # zero-advantage rows not run (per epoch)
+        out["padded_tokens"] = padded / cfg.optim.ppo_epochs  # token positions the update's forward computed
         return distributed.mean_metrics(self.accelerator, out)  # over all processes (grad_norm is the same on all)
 
     def _tensors(self, chunk: list[Sequence_]):
@@ -445,14 +462,20 @@ class ThinkTuningTrainer:
         return batch, shaped
 
     @torch.no_grad()
-    def _old_logprobs(self, seqs: list[Sequence_]) -> list[torch.Tensor]:
-        out = []
-        mbs = self.cfg.optim.micro_batch_size
-        for k in range(0, len(seqs), mbs):
-            chunk = seqs[k : k + mbs]
+    def _old_logprobs(self, seqs: list[Sequence_], minibatches: list[list[int]],
+                      skip_zero: bool) -> list[torch.Tensor | None]:
+        """pi_old of every row the update will run (rows it skips get None), in the update's own micro-batches
+        (same padding, so the first epoch's ratio is exactly 1)."""
+        out: list[torch.Tensor | None] = [None] * len(seqs)
+        plan = [[mb[j] for j in part] for mb in minibatches for part in microbatch.plan_micro_batches(
+            [len(seqs[i].response_ids) for i in mb], [seqs[i].advantage for i in mb],
+            self.cfg.optim.micro_batch_size, skip_zero_advantage=skip_zero)]
+        for idx in plan:
+            chunk = [seqs[i] for i in idx]
             batch, _ = self._tensors(chunk)
             lp = token_logprobs(self.model, batch, self.cfg.rollout.temperature).cpu()
-            out.extend(lp[i, : len(s.response_ids)] for i, s in enumerate(chunk))
+            for j, i in enumerate(idx):
+                out[i] = lp[j, : len(seqs[i].response_ids)]
         return out
 
     def _micro_loss(self, chunk: list[Sequence_], old: list[torch.Tensor] | None, norm: float):

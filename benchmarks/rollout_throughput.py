@@ -1,0 +1,138 @@
+"""Tokens/s of the student rollout path at batch 8 and 32, next to bare ``model.generate`` and the compute ceiling,
+with the log-prob agreement between each rollout engine and the trainer's forward pass.
+
+    .venv-vllm/bin/python benchmarks/rollout_throughput.py [--batches 8,32] [--new-tokens 128] [--repeats 3]
+
+Every engine samples ``--new-tokens`` tokens (stopping at end-of-turn) from one arithmetic prompt repeated
+``batch`` times, embedded SmolLM2-135M-Instruct in float32, temperature 1. Reported per engine and batch: the
+median tokens/s over ``--repeats`` runs (after one warm-up run) and, for the engines that return the log-probability
+of each sampled token, the mean absolute difference to the trainer's ``logprobs.token_logprobs`` on the same tokens.
+
+The ceiling is measured, not quoted: the fp32 and bf16 GFLOP/s of a 1024x1024 matmul on this machine, divided by
+the model's 2 x parameters FLOPs per token. vLLM runs only where it imports (``.venv-vllm``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+PROMPT = "Tom has 27 apples and buys 82 more. How many apples does he have now?"
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def agreement(model, prompt: list[int], rollouts, engine_logps) -> float:
+    """Mean |engine log-prob - trainer log-prob| over all sampled tokens."""
+    from thinktuning.logprobs import collate, token_logprobs
+
+    diffs, count = 0.0, 0
+    for k in range(0, len(rollouts), 8):
+        chunk = rollouts[k : k + 8]
+        batch = collate([prompt] * len(chunk), [r for r in chunk], pad_id=2)
+        with torch.no_grad():
+            lp = token_logprobs(model, batch)
+        for i, r in enumerate(chunk):
+            n = len(r)
+            diffs += float((lp[i, :n] - torch.tensor(engine_logps[k + i][:n])).abs().sum())
+            count += n
+    return diffs / max(count, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", default="8,32")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-vllm", action="store_true")
+    a = ap.parse_args()
+    from thinktuning.generation import sample
+    from thinktuning.models import encode_user_turns, end_of_turn_id, load_model, load_tokenizer, resolve
+
+    spec = resolve("smollm2-135m-instruct")
+    tok = load_tokenizer(spec)
+    model = load_model(spec, "float32").eval()
+    eos = end_of_turn_id(tok)
+    prompt = encode_user_turns(tok, [PROMPT])[0]
+    n_params = sum(p.numel() for p in model.parameters())
+    f32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16, n=512, reps=3)
+    flop_per_token = 2 * n_params
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n_params / 1e6:.1f} M parameters")
+    print(f"matmul: float32 {f32:.0f} GFLOP/s, bfloat16 {bf16:.1f} GFLOP/s -> ceiling "
+          f"{f32 * 1e9 / flop_per_token:.0f} tokens/s float32, {bf16 * 1e9 / flop_per_token:.0f} bfloat16")
+
+    engines = {}
+
+    def ours(b, seed):
+        r = sample(model, [prompt] * b, max_new_tokens=a.new_tokens, eos_id=eos, pad_id=eos,
+                   generator=torch.Generator().manual_seed(seed), batch_size=b)
+        return [x.response_ids for x in r], [x.logprobs for x in r]
+
+    def bare(b, seed):
+        torch.manual_seed(seed)
+        ids = torch.tensor([prompt] * b)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0, top_p=1.0,
+                             temperature=1.0, max_new_tokens=a.new_tokens, pad_token_id=eos, eos_token_id=eos)
+        rows = []
+        for row in out[:, len(prompt):].tolist():
+            rows.append(row[: row.index(eos) + 1] if eos in row else row)
+        return rows, None
+
+    engines["thinktuning sample (transformers)"] = ours
+    engines["bare model.generate"] = bare
+    if not a.no_vllm:
+        try:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            import vllm
+
+            llm = vllm.LLM(model=spec.path, dtype="float32", max_model_len=len(prompt) + a.new_tokens + 8,
+                           enforce_eager=True, kv_cache_memory_bytes=2**30, seed=0,
+                           logprobs_mode="processed_logprobs")
+
+            def with_vllm(b, seed):
+                params = [vllm.SamplingParams(temperature=1.0, max_tokens=a.new_tokens, seed=seed + i, logprobs=0,
+                                              stop_token_ids=[eos], detokenize=False) for i in range(b)]
+                outs = llm.generate([{"prompt_token_ids": prompt}] * b, params, use_tqdm=False)
+                ids = [list(o.outputs[0].token_ids) for o in outs]
+                lps = [[lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, i, strict=True)]
+                       for o, i in zip(outs, ids, strict=True)]
+                return ids, lps
+
+            engines[f"vLLM {vllm.__version__} (rollout.backend=vllm), float32"] = with_vllm
+        except ImportError as err:
+            print(f"vLLM not importable here ({err}); run under .venv-vllm for its row")
+
+    print("\n| engine | batch | tokens/s (median) | runs | tokens/run | mean abs log-prob diff vs trainer |")
+    print("|---|---|---|---|---|---|")
+    for b in [int(x) for x in a.batches.split(",")]:
+        for name, fn in engines.items():
+            fn(b, 999)  # warm-up
+            rates, diff, ntok = [], None, 0
+            for r in range(a.repeats):
+                t = time.perf_counter()
+                ids, lps = fn(b, r)
+                el = time.perf_counter() - t
+                ntok = sum(len(x) for x in ids)
+                rates.append(ntok / el)
+                if lps is not None and r == 0:
+                    diff = agreement(model, prompt, ids, lps)
+            d = f"{diff:.2e}" if diff is not None else "n/a (no per-token log-probs)"
+            print(f"| {name} | {b} | {statistics.median(rates):.0f} | {a.repeats} | {ntok} | {d} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
