@@ -30,7 +30,7 @@ from pathlib import Path
 
 TRL_VERSION = "1.16.0"
 STEP = dict(prompts=2, group=8, max_new_tokens=128, micro_batch=8, lr=1e-5, seed=0)
-VARIANTS = ("trl", "trl-nogc", "tt-grpo", "tt-guided")
+VARIANTS = ("trl", "trl-nogc", "tt-grpo", "tt-grpo-noskip", "tt-guided")
 TT_SETS = [
     f"rollout.prompts_per_step={STEP['prompts']}", f"rollout.group_size={STEP['group']}",
     f"rollout.max_new_tokens={STEP['max_new_tokens']}", f"optim.micro_batch_size={STEP['micro_batch']}",
@@ -49,7 +49,9 @@ def tt_child(variant: str, steps: int, warmup: int, out_dir: str) -> list[dict]:
     from thinktuning import ThinkTuningTrainer, load_config
 
     sets = [*TT_SETS, f"max_steps={steps + warmup}", f"output_dir={out_dir}"]
-    sets += ["guidance.enabled=false"] if variant == "tt-grpo" else GUIDED_SETS
+    sets += GUIDED_SETS if variant == "tt-guided" else ["guidance.enabled=false"]
+    if variant == "tt-grpo-noskip":  # every row through forward and backward, as TRL does
+        sets.append("optim.skip_zero_advantage=false")
     tr = ThinkTuningTrainer(load_config("cpu-demo", sets), overwrite=True)
     rows = []
     for s in range(steps + warmup):

@@ -254,3 +254,41 @@ def test_decode_linears_keeps_model_outputs(tiny_model) -> None:
         with decode_linears(tiny_model):
             patched = tiny_model(input_ids=ids).logits
     assert torch.allclose(plain, patched, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------- buffered_cache
+
+
+def test_buffered_cache_gives_the_same_logits_as_the_dynamic_cache(tiny_model) -> None:
+    from transformers import DynamicCache
+
+    from thinktuning.generation import CACHE_HEADROOM, buffered_cache
+
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    outs = []
+    for cache in (DynamicCache(), buffered_cache()):
+        with torch.no_grad():
+            tiny_model(input_ids=ids, past_key_values=cache, use_cache=True)
+            # past the headroom, so the buffer is reallocated once on the way
+            steps = [tiny_model(input_ids=torch.tensor([[t % 50 + 3], [t % 40 + 3]]), past_key_values=cache,
+                                use_cache=True).logits
+                     for t in range(13, 13 + CACHE_HEADROOM + 3)]
+        outs.append(torch.cat(steps, dim=1))
+        assert cache.get_seq_length() == 4 + CACHE_HEADROOM + 3
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
+def test_buffered_cache_survives_copy_and_batch_repeat(tiny_model) -> None:
+    import copy
+
+    from thinktuning.generation import buffered_cache
+
+    prefix = buffered_cache()
+    with torch.no_grad():
+        tiny_model(input_ids=torch.tensor([[5, 6, 7]]), past_key_values=prefix, use_cache=True)
+        a = copy.deepcopy(prefix)
+        a.batch_repeat_interleave(2)
+        got = tiny_model(input_ids=torch.tensor([[8], [9]]), past_key_values=a, use_cache=True).logits
+        want = tiny_model(input_ids=torch.tensor([[5, 6, 7, 8], [5, 6, 7, 9]])).logits[:, -1:]
+    assert torch.allclose(got, want, atol=1e-5)
+    assert prefix.get_seq_length() == 3  # the original is untouched

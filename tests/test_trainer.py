@@ -182,3 +182,30 @@ def test_variants_run(tmp_path, tiny_student, extra):
     if "guidance.continuation=student" in extra:
         # the student continues after the teacher's reason: its own tokens follow the teacher span
         assert any(r["teacher_span"][1] < len(r["response"]) for r in guided)
+
+
+def test_skipping_zero_advantage_rows_leaves_the_update_unchanged(tmp_path, tiny_student):
+    # a reward that is 1 for even-length responses in the first group only: group 1 has signal, group 2 has
+    # advantage 0 on every row, so the skipping run leaves half the rows out of forward and backward
+    reward = tmp_path / "parity.py"
+    reward.write_text(
+        "def parity(prompts, completions, question, **kw):\n"
+        "    first = question[0]\n"
+        "    return [float(q == first and len(c) % 2 == 0) for q, c in zip(question, completions)]\n"
+    )
+    extra = [f"reward.functions=['{reward}:parity']", "guidance.enabled=false", "optim.micro_batch_size=3"]
+    runs = {}
+    for skip in (True, False):
+        cfg = _tiny_cfg(tiny_student, tmp_path / f"skip-{skip}", [*extra, f"optim.skip_zero_advantage={skip}"])
+        cfg.max_steps = 2
+        trainer = ThinkTuningTrainer(cfg)
+        runs[skip] = (trainer.train(), trainer.accelerator.unwrap_model(trainer.model).state_dict())
+    (with_skip, w_skip), (without, w_all) = runs[True], runs[False]
+    assert sum(m["loss/rows_skipped"] for m in with_skip) > 0
+    assert all(m["loss/rows_skipped"] == 0 for m in without)
+    assert sum(m["loss/padded_tokens"] for m in with_skip) < sum(m["loss/padded_tokens"] for m in without)
+    for a, b in zip(with_skip, without, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    for name, tensor in w_skip.items():
+        assert torch.allclose(tensor, w_all[name], atol=1e-6), name

@@ -188,6 +188,10 @@ class OptimConfig:
     micro_batch_size: int = 8
     """Sequences per forward/backward pass (gradient accumulation inside a mini-batch)."""
     ppo_epochs: int = 1
+    skip_zero_advantage: bool = True
+    """Leave rows with advantage exactly 0 out of forward and backward (their gradient is exactly 0; their tokens
+    still count in the loss normaliser, so the update is unchanged). Applies without KL and with one process; the
+    ``loss/*`` token metrics are then over the rows that carry gradient. See ``microbatch.py``."""
 
 
 @dataclass

@@ -387,7 +387,7 @@ class ThinkTuningTrainer:
         minibatches = [list(range(i, min(i + mb_seqs, len(seqs)))) for i in range(0, len(seqs), mb_seqs)]
         # rows with advantage 0 carry no gradient without a KL term (microbatch.py); with several processes every
         # rank must run the same number of backward passes (DDP's all-reduce), so only a single process skips them
-        skip_zero = cfg.loss.kl_coef == 0 and world == 1
+        skip_zero = cfg.optim.skip_zero_advantage and cfg.loss.kl_coef == 0 and world == 1
         reuse_old = cfg.optim.ppo_epochs == 1 and len(minibatches) == 1  # pi_old == pi_theta: skip a pass
         old = None if reuse_old else self._old_logprobs(seqs, minibatches, skip_zero)
         sums: dict[str, float] = {}
