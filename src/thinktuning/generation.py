@@ -102,8 +102,9 @@ def _buffered_layer_class():
     class BufferedLayer(DynamicLayer):
         """A ``DynamicLayer`` whose keys and values live in a buffer with room for :data:`CACHE_HEADROOM` more
         tokens, so appending a token writes in place instead of concatenating (copying) the whole cache.
-        ``keys``/``values`` stay views of the filled part; anything that replaces them (deepcopy, ``batch_repeat_interleave``, ``batch_select_indices``)
-        is noticed by the pointer check and copied into a fresh buffer on the next update."""
+        ``keys``/``values`` stay views of the filled part; anything that replaces them (deepcopy,
+        ``batch_repeat_interleave``, ``batch_select_indices``) is noticed by the pointer check and copied into a
+        fresh buffer on the next update."""
 
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
