@@ -9,6 +9,10 @@ temperature 1, top-p 1, one PPO epoch, no KL (TRL: ``beta=0``, so no reference m
 completions in micro-batches of 8, AdamW at lr 1e-5. TRL's ``bf16`` default is switched off (the comparison is in
 float32); its ``gradient_checkpointing`` default (on) is measured both ways, as ``trl`` and ``trl-nogc``.
 
+thinktuning variants: ``tt-grpo`` (guidance off, defaults), ``tt-grpo-noskip`` (``optim.skip_zero_advantage=false``:
+every row through forward and backward, as TRL does), ``tt-guided`` (25% of each group's finished rollouts guided,
+constant schedule), ``tt-grpo-vllm`` (student rollouts on vLLM in float32, weights pushed every step).
+
 Each variant runs in a fresh process (``--child``): load, ``--warmup`` untimed steps, then ``--steps`` timed ones.
 The variants alternate, ``--rounds`` times, so slow drifts of a shared machine hit all of them alike; the report is
 the median over all timed steps of a variant, with a per-phase breakdown (student generation, teacher generation,
@@ -30,7 +34,7 @@ from pathlib import Path
 
 TRL_VERSION = "1.16.0"
 STEP = dict(prompts=2, group=8, max_new_tokens=128, micro_batch=8, lr=1e-5, seed=0)
-VARIANTS = ("trl", "trl-nogc", "tt-grpo", "tt-grpo-noskip", "tt-guided")
+VARIANTS = ("trl", "trl-nogc", "tt-grpo", "tt-grpo-noskip", "tt-guided", "tt-grpo-vllm")
 TT_SETS = [
     f"rollout.prompts_per_step={STEP['prompts']}", f"rollout.group_size={STEP['group']}",
     f"rollout.max_new_tokens={STEP['max_new_tokens']}", f"optim.micro_batch_size={STEP['micro_batch']}",
@@ -52,6 +56,8 @@ def tt_child(variant: str, steps: int, warmup: int, out_dir: str) -> list[dict]:
     sets += GUIDED_SETS if variant == "tt-guided" else ["guidance.enabled=false"]
     if variant == "tt-grpo-noskip":  # every row through forward and backward, as TRL does
         sets.append("optim.skip_zero_advantage=false")
+    if variant == "tt-grpo-vllm":  # student rollouts on vLLM (float32, the trainer's dtype), weights pushed per step
+        sets.append("rollout.backend=vllm")
     tr = ThinkTuningTrainer(load_config("cpu-demo", sets), overwrite=True)
     rows = []
     for s in range(steps + warmup):
@@ -61,6 +67,7 @@ def tt_child(variant: str, steps: int, warmup: int, out_dir: str) -> list[dict]:
             rows.append({"step": m["time/step"], "student_generate": gen, "teacher_generate": teach,
                          "logprobs": 0.0,  # one PPO epoch: pi_old is the update's own forward, no extra pass
                          "update": upd, "other": m["time/step"] - gen - teach - upd,
+                         "weight_push": m.get("time/weight_push", 0.0),
                          "guided": m.get("guidance/n_guided", 0), "rows_skipped": m.get("loss/rows_skipped", 0),
                          "reward": m["reward/mean"], "tokens": m["response_length/mean"] * 16})
     tr.close()
