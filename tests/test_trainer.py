@@ -141,8 +141,10 @@ def _tiny_cfg(student: str, run, extra=()):
 
 
 def _comparable(history):
+    """Metrics without timings, NaN (a metric not computed that step) made comparable with itself."""
     drop = ("time/", "reward/checker_timeouts")
-    return [{k: v for k, v in m.items() if not k.startswith(drop)} for m in history]
+    return [{k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in m.items()
+             if not k.startswith(drop)} for m in history]
 
 
 def test_same_seed_same_run_and_exact_resume(tmp_path, tiny_student):
