@@ -68,7 +68,7 @@ def tt_child(variant: str, steps: int, warmup: int, out_dir: str) -> list[dict]:
                          "logprobs": 0.0,  # one PPO epoch: pi_old is the update's own forward, no extra pass
                          "update": upd, "other": m["time/step"] - gen - teach - upd,
                          "weight_push": m.get("time/weight_push", 0.0),
-                         "guided": m.get("guidance/n_guided", 0), "rows_skipped": m.get("loss/rows_skipped", 0),
+                         "guided": m.get("guidance/guided", 0), "rows_skipped": m.get("loss/rows_skipped", 0),
                          "reward": m["reward/mean"], "tokens": m["response_length/mean"] * 16})
     tr.close()
     return rows
