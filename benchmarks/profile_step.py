@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from step_time import GUIDED_SETS, TT_SETS  # noqa: E402
+from step_time import GUIDED_SETS, TT_SETS
 
 TIMES: dict[str, list[float]] = collections.defaultdict(list)
 CALLS: collections.Counter = collections.Counter()
