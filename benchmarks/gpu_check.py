@@ -71,6 +71,8 @@ def run_one(backend: str, model_dir: str, out: Path, steps: int, dry_run: bool) 
         "teacher.max_reason_tokens=16", "teacher.max_phrase_tokens=16", "teacher.sees_reference=solution",
         "guidance.schedule=constant", "guidance.p_start=0.25", "guidance.cutoff_epsilon=null",
         "save_every=0", "quiet=true", "rollout.vllm_gpu_memory_utilization=0.35",
+        # every row through the update: the vLLM/trainer mismatch is then measured on all rows of every step
+        "optim.skip_zero_advantage=false",
     ]
     if small:
         sets.append("rollout.vllm_kv_cache_gb=0.25")
