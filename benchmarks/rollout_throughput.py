@@ -36,14 +36,14 @@ def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 10) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def agreement(model, prompt: list[int], rollouts, engine_logps) -> float:
+def agreement(model, prompt: list[int], rollouts, engine_logps, pad_id: int) -> float:
     """Mean |engine log-prob - trainer log-prob| over all sampled tokens."""
     from thinktuning.logprobs import collate, token_logprobs
 
     diffs, count = 0.0, 0
     for k in range(0, len(rollouts), 8):
         chunk = rollouts[k : k + 8]
-        batch = collate([prompt] * len(chunk), [r for r in chunk], pad_id=2)
+        batch = collate([prompt] * len(chunk), list(chunk), pad_id=pad_id)
         with torch.no_grad():
             lp = token_logprobs(model, batch)
         for i, r in enumerate(chunk):
@@ -129,7 +129,7 @@ def main() -> None:
                 ntok = sum(len(x) for x in ids)
                 rates.append(ntok / el)
                 if lps is not None and r == 0:
-                    diff = agreement(model, prompt, ids, lps)
+                    diff = agreement(model, prompt, ids, lps, eos)
             d = f"{diff:.2e}" if diff is not None else "n/a (no per-token log-probs)"
             print(f"| {name} | {b} | {statistics.median(rates):.0f} | {a.repeats} | {ntok} | {d} |", flush=True)
 

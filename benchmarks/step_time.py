@@ -130,12 +130,11 @@ def trl_child(variant: str, steps: int, warmup: int, out_dir: str) -> list[dict]
                 by[key] = by.get(key, 0.0) + dur
             gen = by.get("transformers.generate", 0.0)
             prep = by.get("_prepare_inputs", 0.0)
-            # compute_loss wraps _get_per_token_logps_and_entropies (the forward); anything in _prepare_inputs
-            # beyond generation and rewards is TRL's own log-prob passes (none here: 1 iteration, beta 0)
-            rewards_t = sum(v for k, v in by.items() if k == "reward")
-            logps_outside = max(0.0, prep - gen - rewards_t - 0.0)
-            rows.append({"step": total, "student_generate": gen, "teacher_generate": 0.0,
-                         "logprobs": logps_outside, "update": total - prep, "other": 0.0})
+            # _prepare_inputs = generation + rewards + TRL's own batching (with 1 iteration and beta 0 it makes no
+            # log-prob pass); what is not generation goes to "other". The loss forward, backward and optimizer step
+            # come after it: "update"
+            rows.append({"step": total, "student_generate": gen, "teacher_generate": 0.0, "logprobs": 0.0,
+                         "update": total - prep, "other": prep - gen})
 
     cfg = GRPOConfig(
         output_dir=out_dir, per_device_train_batch_size=STEP["micro_batch"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -75,8 +76,8 @@ def decode_linears(model: torch.nn.Module) -> Iterator[None]:
     """Compute the model's linear layers as ``(W @ x.T).T`` while it decodes a few rows at a time.
 
     Same products, another GEMM shape: for a handful of rows against a weight read from memory, the CPU BLAS
-    (oneMKL in the torch wheel) runs ``x @ W.T`` at 4-8 GB/s and ``W @ x.T`` at 8-16 GB/s on this 2-core machine,
-    and the 49k-row output layer 2-4x faster (``benchmarks/BENCHMARKS.md``). A decode step of the 135M model at
+    (oneMKL in the torch wheel) runs ``x @ W.T`` at 4-8 GB/s and ``W @ x.T`` at 6-16 GB/s on this 2-core machine,
+    and the 49k-row output layer 1.6-4x faster (``BENCHMARKS.md``). A decode step of the 135M model at
     batch 8 took 122 ms before, 83 ms after, with identical log-probs. Only exact ``nn.Linear`` modules are
     touched (a LoRA or quantized layer keeps its own forward; its inner ``nn.Linear`` parts are patched), only
     without autograd and only up to :data:`DECODE_ROWS` rows, and the patch is removed on exit.
@@ -96,6 +97,7 @@ CACHE_HEADROOM = 256
 at most 256 tokens of extra memory per row."""
 
 
+@functools.cache
 def _buffered_layer_class():
     from transformers.cache_utils import DynamicLayer
 
@@ -276,7 +278,8 @@ class DecodeSession:
     (and every step) was most of its cost. Here the prompt is read once, and the few-shot prefix that every
     request shares can be read once per run (``prefix``: a batch-1 cache and its length) and copied per batch.
     Rows advance unevenly: a row that stopped is fed padding with attention mask 0, so the cache stays aligned
-    and the padding is never attended to.
+    and the padding is never attended to. Decoding is faster under :func:`decode_linears` (the teacher runs its
+    sessions inside it).
     """
 
     def __init__(self, model, n: int, pad_id: int, prefix: tuple[Any, int] | None = None) -> None:
@@ -300,11 +303,10 @@ class DecodeSession:
     def _forward(self, ids: torch.Tensor, new_mask: torch.Tensor) -> torch.Tensor:
         pos = self.next_pos[:, None] + (new_mask.cumsum(-1) - 1).clamp(min=0)
         self.mask = torch.cat([self.mask, new_mask], dim=1)
-        with decode_linears(self.model):
-            logits = self.model(
-                input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
-                use_cache=True, logits_to_keep=1,
-            ).logits[:, -1, :].float()
+        logits = self.model(
+            input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
+            use_cache=True, logits_to_keep=1,
+        ).logits[:, -1, :].float()
         self.next_pos = self.next_pos + new_mask.sum(-1)
         active = new_mask.sum(-1) > 0
         if self.last_logits is None:

@@ -388,25 +388,19 @@ class ThinkTuningTrainer:
         # rows with advantage 0 carry no gradient without a KL term (microbatch.py); with several processes every
         # rank must run the same number of backward passes (DDP's all-reduce), so only a single process skips them
         skip_zero = cfg.optim.skip_zero_advantage and cfg.loss.kl_coef == 0 and world == 1
+        plans = [self._plan(seqs, mb, skip_zero) for mb in minibatches]  # the same micro-batches in every epoch
         reuse_old = cfg.optim.ppo_epochs == 1 and len(minibatches) == 1  # pi_old == pi_theta: skip a pass
-        old = None if reuse_old else self._old_logprobs(seqs, minibatches, skip_zero)
+        old = None if reuse_old else self._old_logprobs(seqs, [idx for plan in plans for idx in plan])
         sums: dict[str, float] = {}
         counts = 0
         grad_norms = []
         skipped = 0
-        rows_skipped = padded = 0
         for _ in range(cfg.optim.ppo_epochs):
-            for mb in minibatches:
+            for mb, plan in zip(minibatches, plans, strict=True):
                 ntok = sum(len(seqs[i].response_ids) for i in mb)
                 count = float(ntok) if cfg.loss.aggregation == "token-mean" else float(len(mb))
                 norm = distributed.loss_normalizer(distributed.all_sum(self.accelerator, count), world)
                 self.optimizer.zero_grad(set_to_none=True)
-                plan = [[mb[j] for j in part] for part in microbatch.plan_micro_batches(
-                    [len(seqs[i].response_ids) for i in mb], [seqs[i].advantage for i in mb],
-                    cfg.optim.micro_batch_size, skip_zero_advantage=skip_zero)]
-                rows_skipped += len(mb) - sum(len(p) for p in plan)
-                padded += microbatch.padded_tokens(
-                    [len(s.prompt_ids) for s in seqs], [len(s.response_ids) for s in seqs], plan)
                 bad_loss = None
                 parts = []  # (metrics, loss, n) per micro-batch, added to the step's metrics if the update applies
                 for idx in plan:
@@ -449,8 +443,10 @@ class ThinkTuningTrainer:
         for key in METRIC_NAMES:  # the same keys every step: NaN when no row carried gradient all step
             out.setdefault(key, math.nan)
         out["updates_skipped"] = skipped
-        out["rows_skipped"] = rows_skipped / cfg.optim.ppo_epochs  # zero-advantage rows not run (per epoch)
-        out["padded_tokens"] = padded / cfg.optim.ppo_epochs  # token positions the update's forward computed
+        # per epoch: zero-advantage rows not run, and token positions the update's forward computed
+        out["rows_skipped"] = len(seqs) - sum(len(idx) for plan in plans for idx in plan)
+        out["padded_tokens"] = microbatch.padded_tokens(
+            [len(s.prompt_ids) for s in seqs], [len(s.response_ids) for s in seqs], [idx for p in plans for idx in p])
         return distributed.mean_metrics(self.accelerator, out)  # over all processes (grad_norm is the same on all)
 
     def _tensors(self, chunk: list[Sequence_]):
@@ -461,16 +457,20 @@ class ThinkTuningTrainer:
             shaped[i, : len(s.shaped_mask)] = torch.tensor(s.shaped_mask, dtype=torch.float32)
         return batch, shaped
 
+    def _plan(self, seqs: list[Sequence_], mb: list[int], skip_zero: bool) -> list[list[int]]:
+        """The micro-batches of mini-batch ``mb`` (indices into ``seqs``): length-sorted, zero-advantage rows left
+        out when ``skip_zero`` (microbatch.py)."""
+        parts = microbatch.plan_micro_batches(
+            [len(seqs[i].response_ids) for i in mb], [seqs[i].advantage for i in mb],
+            self.cfg.optim.micro_batch_size, skip_zero_advantage=skip_zero)
+        return [[mb[j] for j in part] for part in parts]
+
     @torch.no_grad()
-    def _old_logprobs(self, seqs: list[Sequence_], minibatches: list[list[int]],
-                      skip_zero: bool) -> list[torch.Tensor | None]:
+    def _old_logprobs(self, seqs: list[Sequence_], micro_batches: list[list[int]]) -> list[torch.Tensor | None]:
         """pi_old of every row the update will run (rows it skips get None), in the update's own micro-batches
         (same padding, so the first epoch's ratio is exactly 1)."""
         out: list[torch.Tensor | None] = [None] * len(seqs)
-        plan = [[mb[j] for j in part] for mb in minibatches for part in microbatch.plan_micro_batches(
-            [len(seqs[i].response_ids) for i in mb], [seqs[i].advantage for i in mb],
-            self.cfg.optim.micro_batch_size, skip_zero_advantage=skip_zero)]
-        for idx in plan:
+        for idx in micro_batches:
             chunk = [seqs[i] for i in idx]
             batch, _ = self._tensors(chunk)
             lp = token_logprobs(self.model, batch, self.cfg.rollout.temperature).cpu()

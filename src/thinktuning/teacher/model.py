@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from thinktuning.generation import DecodeSession
+from thinktuning.generation import DecodeSession, decode_linears
 from thinktuning.models import end_of_turn_id
 from thinktuning.teacher.base import TeacherCase, TeacherResult
 from thinktuning.teacher.prompt import build_messages, parse_feedback
@@ -112,7 +112,9 @@ class ModelTeacher:
 
     def feedback(self, cases: list[TeacherCase]) -> list[TeacherResult]:
         out: list[TeacherResult] = []
-        with self._forward_context():  # every forward of the teacher, the shared prefix's included, runs inside
+        # every forward of the teacher, the shared prefix's included, runs inside (and decodes with
+        # generation.decode_linears: patched once per call, not once per token)
+        with self._forward_context(), decode_linears(self.model):
             for start in range(0, len(cases), self.batch_size):
                 out.extend(self._feedback_batch(cases[start : start + self.batch_size]))
         return out
