@@ -193,13 +193,14 @@ def test_sigkill_then_resume_on_the_embedded_model(tmp_path):
         return [*out, *extra]
 
     straight_run, run = tmp_path / "straight", tmp_path / "run"
-    twin = start(argv(straight_run))
-    proc = start(argv(run))
+    # 1.6 GB per checkpoint: the straight run saves only at the end, the killed one keeps only its latest
+    twin = start(argv(straight_run, "--set", "save_every=0"))
+    proc = start(argv(run, "--set", "keep_last=1"))
     wait_for(proc, lambda: (run / "checkpoints" / "step-000001" / "trainer_state.json").is_file(), timeout=300)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    rc, _, err = finish(start(argv(run, "--resume")), timeout=400)
+    rc, _, err = finish(start(argv(run, "--resume", "--set", "keep_last=1")), timeout=400)
     assert rc == 0, err[-3000:]
     rc, _, err = finish(twin, timeout=400)
     assert rc == 0, err[-3000:]
