@@ -18,10 +18,10 @@ from test_checkpoint import training_parts
 from test_trainer import _tiny_cfg, _tiny_student
 
 import thinktuning.trainer as trainer_module
-from thinktuning import ThinkTuningTrainer, load_config
+from thinktuning import ThinkTuningTrainer
 from thinktuning.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, save_checkpoint
 from thinktuning.cli import main
-from thinktuning.config import ConfigError, check_context_lengths
+from thinktuning.config import ConfigError
 from thinktuning.guide import TeacherWatch
 from thinktuning.rewards import AnswerChecker
 from thinktuning.runlog import read_jsonl
@@ -159,21 +159,6 @@ def test_the_teachers_prompt_counts_too(tmp_path, tiny_student):
     trainer.close()
 
 
-def test_context_check_arithmetic():
-    cfg = load_config("cpu-demo")  # 192 + 96 + 512 = 800 for the student
-    check_context_lengths(cfg, 800, None)
-    with pytest.raises(ConfigError, match="= 800 tokens"):
-        check_context_lengths(cfg, 799, None)
-    check_context_lengths(cfg, None, None)  # unknown limits are not checked
-    cfg = load_config("cpu-demo", ["guidance.continuation=student"])  # the student writes a second response
-    with pytest.raises(ConfigError, match=r"\+ rollout.max_new_tokens \(96\) = 896 tokens"):
-        check_context_lengths(cfg, 800, None)
-    cfg = load_config("cpu-demo")  # teacher: 1000 + 192 + 96 + 40 + 40 + 64 tags = 1432
-    check_context_lengths(cfg, 8192, 1432, teacher_prompt_tokens=1000)
-    with pytest.raises(ConfigError, match=r"teacher\.max_phrase_tokens \(40\) \+ tags \(64\) = 1432 tokens"):
-        check_context_lengths(cfg, 8192, 1431, teacher_prompt_tokens=1000)
-    for name in ("cpu-demo", "grpo-baseline"):  # the shipped CPU presets fit the embedded model (8192 positions)
-        check_context_lengths(load_config(name), 8192, 8192, teacher_prompt_tokens=1100)
 
 
 # --- a teacher that writes garbage ---------------------------------------------------------------------------

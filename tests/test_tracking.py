@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from thinktuning import ThinkTuningTrainer, load_config
-from thinktuning.config import ConfigError, ThinkTuningConfig, validate
+from thinktuning.config import ConfigError, ThinkTuningConfig
+from thinktuning.config_checks import validate
 from thinktuning.tracking import Trackers, check_available
 
 

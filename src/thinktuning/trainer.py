@@ -21,7 +21,8 @@ import torch
 from thinktuning import checkpoint as ckpt
 from thinktuning import distributed, guidance, lora, microbatch, runlog, steplog, tracking
 from thinktuning.advantages import compute_advantages
-from thinktuning.config import ConfigError, ThinkTuningConfig, check_context_lengths, validate
+from thinktuning.config import ConfigError, ThinkTuningConfig
+from thinktuning.config_checks import check_context_lengths, validate
 from thinktuning.data import DatasetError, Example, load_examples
 from thinktuning.generation import sample
 from thinktuning.guide import Guide, Sequence_, TeacherWatch
