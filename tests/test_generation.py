@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thinktuning.generation import decode_linears, draw, left_pad, positions_from_mask, sample
+from thinktuning.generation import DecodeSession, decode_linears, draw, left_pad, positions_from_mask, sample
 from thinktuning.logprobs import collate, token_logprobs
 
 PAD = 0
@@ -125,7 +125,6 @@ def test_eos_stops_a_row_without_disturbing_the_others(tiny_model) -> None:
     rollouts = sample(tiny_model, PROMPTS, max_new_tokens=6, eos_id=eos, pad_id=PAD, greedy=True)
     assert rollouts[1].response_ids == [eos]
     assert rollouts[1].finished is True
-    assert rollouts[1].meta["stopped_by_string"] is False
     assert len(rollouts[1].logprobs) == 1
     for i in (0, 2):
         assert rollouts[i].response_ids == first[i]
@@ -163,26 +162,6 @@ def test_seeded_generator_is_reproducible(tiny_model) -> None:
                generator=torch.Generator().manual_seed(43))
     assert [r.response_ids for r in a] != [r.response_ids for r in c]
 
-
-def test_stop_string_ends_a_row(tiny_model) -> None:
-    full = greedy_by_hand(tiny_model, PROMPTS[0], 8)
-    text = letters(full)
-    # the first position k >= 1 whose letter has not appeared before: generation must stop right after it
-    k = next(j for j in range(1, 8) if text[j] not in text[:j])
-    stop = text[k]
-    rollouts = sample(
-        tiny_model, PROMPTS[:1], max_new_tokens=8, eos_id=63, pad_id=PAD, greedy=True,
-        stop_strings=[stop], decode=letters,
-    )
-    r = rollouts[0]
-    assert r.response_ids == full[: k + 1]
-    assert r.finished is True
-    assert r.meta["stopped_by_string"] is True
-
-
-def test_stop_strings_need_a_decode_function(tiny_model) -> None:
-    with pytest.raises(ValueError, match="decode function"):
-        sample(tiny_model, PROMPTS, max_new_tokens=2, eos_id=63, pad_id=PAD, stop_strings=["x"])
 
 
 def test_sample_restores_training_mode(make_model) -> None:
@@ -292,3 +271,76 @@ def test_buffered_cache_survives_copy_and_batch_repeat(tiny_model) -> None:
         want = tiny_model(input_ids=torch.tensor([[5, 6, 7, 8], [5, 6, 7, 9]])).logits[:, -1:]
     assert torch.allclose(got, want, atol=1e-5)
     assert prefix.get_seq_length() == 3  # the original is untouched
+
+
+# ------------------------------------------------------------------------------------- decode session
+
+
+def test_session_greedy_equals_argmax_by_hand(tiny_model) -> None:
+    session = DecodeSession(tiny_model, len(PROMPTS), PAD)
+    session.feed(PROMPTS)
+    out = session.generate(6, eos_id=63)
+    assert out == [greedy_by_hand(tiny_model, p, 6) for p in PROMPTS]
+
+
+def test_session_continues_after_more_text_and_a_row_fed_nothing_waits(tiny_model) -> None:
+    session = DecodeSession(tiny_model, len(PROMPTS), PAD)
+    session.feed(PROMPTS)
+    first = session.generate(3, eos_id=63)
+    extra = [[20, 21], [], [22]]  # row 1 gets nothing: its cache and last logits must stay as they were
+    session.feed(extra)
+    second = session.generate(3, eos_id=63)
+    for prompt, a, more, b in zip(PROMPTS, first, extra, second, strict=True):
+        assert b == greedy_by_hand(tiny_model, prompt + a + more, 3)
+
+
+def test_session_decodes_only_the_rows_asked_for(tiny_model) -> None:
+    session = DecodeSession(tiny_model, len(PROMPTS), PAD)
+    session.feed(PROMPTS)
+    out = session.generate(4, eos_id=63, rows=[1])
+    assert out == [[], greedy_by_hand(tiny_model, PROMPTS[1], 4), []]
+    # the skipped rows were fed padding only: they continue exactly where they were
+    later = session.generate(2, eos_id=63, rows=[0, 2])
+    assert later[0] == greedy_by_hand(tiny_model, PROMPTS[0], 2)
+    assert later[2] == greedy_by_hand(tiny_model, PROMPTS[2], 2)
+
+
+def test_session_stop_string_ends_a_row_right_after_it(tiny_model) -> None:
+    full = greedy_by_hand(tiny_model, PROMPTS[0], 8)
+    text = letters(full)
+    # the first position k >= 1 whose letter has not appeared before: generation must stop right after it
+    k = next(j for j in range(1, 8) if text[j] not in text[:j])
+    session = DecodeSession(tiny_model, 1, PAD)
+    session.feed(PROMPTS[:1])
+    assert session.generate(8, eos_id=63, stop_strings=[text[k]], decode=letters) == [full[: k + 1]]
+
+
+def test_session_from_a_shared_prefix_equals_reading_it_whole(tiny_model) -> None:
+    prefix, rests = [3, 4, 5, 6], [[7, 8], [9], [10, 11, 12]]
+    first = DecodeSession(tiny_model, 1, PAD)
+    first.feed([prefix])
+    shared = (first.cache, len(prefix))
+    session = DecodeSession(tiny_model, len(rests), PAD, prefix=shared)
+    session.feed(rests)
+    assert session.generate(5, eos_id=63) == [greedy_by_hand(tiny_model, prefix + r, 5) for r in rests]
+    # the prefix cache was copied, not extended: a second session from it gives the same result
+    again = DecodeSession(tiny_model, 1, PAD, prefix=shared)
+    again.feed(rests[:1])
+    assert again.generate(5, eos_id=63) == [greedy_by_hand(tiny_model, prefix + rests[0], 5)]
+
+
+def test_session_repetition_penalty_counts_only_generated_tokens(tiny_model) -> None:
+    """With a huge penalty no generated token repeats, while a token of the prompt may still be chosen."""
+    prompt = [3, 12, 13, 14]
+    plain = greedy_by_hand(tiny_model, prompt, 12)
+    assert plain[:2] == [14, 14], "precondition: plain greedy picks the prompt's last token, twice"
+    session = DecodeSession(tiny_model, 1, PAD)
+    session.feed([prompt])
+    out = session.generate(12, eos_id=63, repetition_penalty=1e6)[0]
+    assert out[0] == 14  # the prompt is not penalised
+    assert len(set(out)) == len(out)  # what it generated is
+
+
+def test_session_must_be_fed_before_generating(tiny_model) -> None:
+    with pytest.raises(RuntimeError, match="feed the session"):
+        DecodeSession(tiny_model, 1, PAD).generate(2, eos_id=63)

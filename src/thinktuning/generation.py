@@ -174,27 +174,19 @@ def sample(
     greedy: bool = False,
     generator: torch.Generator | None = None,
     batch_size: int = 32,
-    stop_strings: Sequence[str] = (),
-    decode=None,
-    repetition_penalty: float = 1.0,
 ) -> list[Rollout]:
     """Sample one response per prompt (repeat a prompt G times for a group), in batches of ``batch_size``.
 
-    ``stop_strings`` (with ``decode``, a token-ids -> text function) end a row once its generated text contains
-    one of them; the teacher uses this to stop each field at its closing tag. ``repetition_penalty`` is the
-    CTRL-style penalty of ``transformers`` over prompt and generated tokens (1.0 = off).
+    A row ends at ``eos_id`` or after ``max_new_tokens``. The per-token log-probs are recorded under the
+    temperature but before top-p, i.e. of the policy the trainer scores (the teacher decodes with
+    :class:`DecodeSession`, which adds stop strings and a repetition penalty).
     """
-    if stop_strings and decode is None:
-        raise ValueError("stop_strings need a decode function (token ids -> text)")
     out: list[Rollout] = []
     with decode_linears(model):
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             out.extend(
-                _sample_batch(
-                    model, chunk, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator,
-                    tuple(stop_strings), decode, repetition_penalty,
-                )
+                _sample_batch(model, chunk, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator)
             )
     return out
 
@@ -204,14 +196,7 @@ def _stopped(tokens: list[int], stop_strings: tuple[str, ...], decode) -> bool:
     return any(s in tail for s in stop_strings)
 
 
-def _sample_batch(
-    model, prompts, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator,
-    stop_strings=(), decode=None, repetition_penalty=1.0,
-):
-    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
-
-    penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty) if repetition_penalty != 1.0 else None
-
+def _sample_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator):
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -230,9 +215,6 @@ def _sample_batch(
             input_ids=step_in, attention_mask=mask, position_ids=step_pos,
             past_key_values=cache, use_cache=True, logits_to_keep=1,
         ).logits[:, -1, :].float()
-        if penalty is not None:
-            seen = torch.cat([ids, tokens[:, :t].to(device)], dim=1)
-            logits = penalty(seen, logits)
         logp_full = torch.log_softmax(logits / temperature, dim=-1)
         if greedy:
             nxt = logp_full.argmax(-1)
@@ -243,10 +225,6 @@ def _sample_batch(
         tokens[:, t] = nxt.cpu()
         logps[:, t] = logp_full.gather(-1, nxt[:, None]).squeeze(1).cpu()
         newly = (nxt.cpu() == eos_id) & ~done
-        if stop_strings:
-            for i in torch.nonzero(~done & ~newly).flatten().tolist():
-                if _stopped(tokens[i, : t + 1].tolist(), stop_strings, decode):
-                    newly[i] = True
         lengths[newly] = t + 1
         done |= newly
         if bool(done.all()):
@@ -265,7 +243,6 @@ def _sample_batch(
                 response_ids=tokens[i, :k].tolist(),
                 logprobs=logps[i, :k].tolist(),
                 finished=bool(done[i]),
-                meta={"stopped_by_string": bool(done[i]) and (k == 0 or tokens[i, k - 1].item() != eos_id)},
             )
         )
     return rollouts
