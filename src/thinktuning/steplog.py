@@ -51,6 +51,23 @@ def step_metrics(
     }
 
 
+class CounterDeltas:
+    """Per-step increments of running totals that a backend keeps (the HTTP teacher's ``stats``: requests,
+    retries, failed requests), logged as ``<prefix><name>``. Increments, not totals, so that each metrics line
+    says what happened during its step, and a resumed run (whose backend starts counting at 0) logs the same."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.last: dict[str, int] = {}
+
+    def __call__(self, totals: dict[str, int] | None) -> dict[str, int]:
+        if not totals:
+            return {}
+        out = {f"{self.prefix}{k}": v - self.last.get(k, 0) for k, v in totals.items()}
+        self.last = dict(totals)
+        return out
+
+
 def rollout_record(step: int, index: int, s: Sequence_) -> dict[str, Any]:
     """One line of rollouts.jsonl (``step`` 1-based, ``index`` the rollout's place in the step's batch)."""
     return {

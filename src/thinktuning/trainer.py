@@ -100,6 +100,7 @@ class ThinkTuningTrainer:
             Guide(cfg, self.teacher, self.tokenizer, self.eos_id, self._continue, TeacherWatch(logger=log))
             if self.teacher is not None else None
         )
+        self.teacher_counts = steplog.CounterDeltas("teacher/")  # an HTTP teacher's requests, retries, failures
         self._check_context(model)
         from transformers import get_scheduler
 
@@ -344,6 +345,8 @@ class ThinkTuningTrainer:
             "time/student_generate": t_student, "time/teacher_generate": t_teacher, "time/update": t_update,
             "time/step": time.perf_counter() - t0,
             **(self.vllm.step_metrics() if self.vllm is not None else {}),
+            **{k: int(distributed.all_sum(self.accelerator, v))
+               for k, v in self.teacher_counts(getattr(self.teacher, "stats", None)).items()},
         })
         if self.is_main and cfg.log_rollouts:
             for i, s in enumerate(seqs):

@@ -144,6 +144,9 @@ def test_two_guided_steps_with_the_server_then_two_with_it_stopped(tmp_path, tin
     guided = [r for r in read_jsonl(tmp_path / "up" / "rollouts.jsonl") if r["guided"]]
     assert guided and all(r["teacher_error"] is None and r["opinion"] in ("correct", "incorrect") for r in guided)
     assert trainer.teacher.stats["failed_requests"] == 0
+    # each step logs the requests it made: together, all the requests of the run
+    assert sum(m["teacher/requests"] for m in up) == trainer.teacher.stats["requests"] > 0
+    assert all(m["teacher/failed_requests"] == 0 for m in up)
 
     # the same run with the server stopped: nothing guided, every asked rollout counted, the run completes
     with caplog.at_level(logging.WARNING):
@@ -153,6 +156,9 @@ def test_two_guided_steps_with_the_server_then_two_with_it_stopped(tmp_path, tin
     asked = [r for r in read_jsonl(tmp_path / "down" / "rollouts.jsonl") if r["no_feedback"]]
     assert asked and all(r["teacher_error"] == f"connection refused at {url}/completions (2 attempts)" for r in asked)
     assert f"the teacher server at {url} does not answer" in caplog.text
+    asked_per_step = [sum(1 for r in asked if r["step"] == m["step"]) for m in down]
+    assert [m["teacher/failed_requests"] for m in down] == asked_per_step
+    assert [m["teacher/retries"] for m in down] == asked_per_step  # teacher.max_retries=1: one retry each
 
 
 def _garbage(n, body):
