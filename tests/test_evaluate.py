@@ -9,9 +9,9 @@ import shutil
 import pytest
 from test_trainer import _tiny_student
 
-from thinktuning.benchmarks import Benchmark
 from thinktuning.cli import main
 from thinktuning.data import Example
+from thinktuning.eval_benchmarks import Benchmark
 from thinktuning.evaluate import (
     EvalRequest,
     EvalSettings,
@@ -227,7 +227,7 @@ def test_cli_user_errors_are_one_line(argv, expected, offline, capsys):
 
 
 def test_partial_results_after_each_benchmark_but_the_last(tiny_student):
-    from thinktuning.benchmarks import load_benchmark
+    from thinktuning.eval_benchmarks import load_benchmark
     from thinktuning.evaluate import evaluate
     from thinktuning.models import load_model, load_tokenizer, resolve
 
@@ -247,7 +247,7 @@ def test_prompts_are_encoded_exactly_as_the_trainer_encodes_them(smol_tokenizer)
     """Evaluation must see the training prompt token for token (chat template, assistant header)."""
     from types import SimpleNamespace
 
-    from thinktuning.benchmarks import load_benchmark
+    from thinktuning.eval_benchmarks import load_benchmark
     from thinktuning.trainer import ThinkTuningTrainer
 
     texts = [ex.prompt for ex in load_benchmark("arithmetic", limit=4).examples]

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from thinktuning.benchmarks import BENCHMARKS
+from thinktuning.eval_benchmarks import BENCHMARKS
 from thinktuning.evaluate import BACKENDS, RESULTS_NAME, EvalSettings
 
 DEFAULT_BENCHMARKS = "gsm8k,math500,aime24,aime25,amc23,arithmetic"
@@ -57,8 +57,8 @@ def add_parsers(sub) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from thinktuning.benchmarks import parse_benchmarks
     from thinktuning.config import ConfigError
+    from thinktuning.eval_benchmarks import parse_benchmarks
     from thinktuning.evaluate import EvalRequest, run_eval
 
     try:

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
-from thinktuning.benchmarks import Benchmark, extract_choice
+from thinktuning.eval_benchmarks import Benchmark, extract_choice
 from thinktuning.eval_metrics import avg_at_k, k_values, maj_at_k, mean, pass_at_k
 from thinktuning.reflection import reflection_rates
 from thinktuning.rewards import AnswerChecker, correctness_reward, extract_answer
@@ -370,8 +370,8 @@ class EvalRequest:
 def run_eval(req: EvalRequest, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Load benchmarks first (a missing one fails before minutes of model loading), then the model; evaluate; write
     the results (and, for a run folder, its ``eval.json`` summary for ``thinktuning report``)."""
-    from thinktuning.benchmarks import load_benchmark
     from thinktuning.config import ConfigError
+    from thinktuning.eval_benchmarks import load_benchmark
     from thinktuning.models import context_limit
 
     req.settings.check()

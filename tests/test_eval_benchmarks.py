@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from thinktuning.benchmarks import (
+from thinktuning.data import DatasetError, make_arithmetic
+from thinktuning.eval_benchmarks import (
     BENCHMARKS,
     GPQA_COLUMNS,
     extract_choice,
     load_benchmark,
     parse_benchmarks,
 )
-from thinktuning.data import DatasetError, make_arithmetic
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").is_file(),
