@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-vllm", action="store_true")
+    ap.add_argument("--engines", default="ours,ours-whole,generate,vllm",
+                    help="which to run: ours (generation.sample), ours-whole (the same, ended rows kept in the batch: "
+                         "compact=False), generate (bare model.generate), vllm")
     a = ap.parse_args()
     from thinktuning.generation import sample
     from thinktuning.models import encode_user_turns, end_of_turn_id, load_model, load_tokenizer, resolve
@@ -77,10 +80,13 @@ def main() -> None:
 
     engines = {}
 
-    def ours(b, seed):
+    def ours(b, seed, compact=True):
         r = sample(model, [prompt] * b, max_new_tokens=a.new_tokens, eos_id=eos, pad_id=eos,
-                   generator=torch.Generator().manual_seed(seed), batch_size=b)
+                   generator=torch.Generator().manual_seed(seed), batch_size=b, compact=compact)
         return [x.response_ids for x in r], [x.logprobs for x in r]
+
+    def ours_whole(b, seed):
+        return ours(b, seed, compact=False)
 
     def bare(b, seed):
         torch.manual_seed(seed)
@@ -92,9 +98,14 @@ def main() -> None:
             rows.append(row[: row.index(eos) + 1] if eos in row else row)
         return rows, None
 
-    engines["thinktuning sample (transformers)"] = ours
-    engines["bare model.generate"] = bare
-    if not a.no_vllm:
+    wanted = set(a.engines.split(","))
+    if "ours" in wanted:
+        engines["thinktuning sample (transformers)"] = ours
+    if "ours-whole" in wanted:
+        engines["thinktuning sample, ended rows kept in the batch (compact=False)"] = ours_whole
+    if "generate" in wanted:
+        engines["bare model.generate"] = bare
+    if not a.no_vllm and "vllm" in wanted:
         try:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             import vllm
@@ -119,19 +130,24 @@ def main() -> None:
     print("\n| engine | batch | tokens/s (median) | runs | tokens/run | mean abs log-prob diff vs trainer |")
     print("|---|---|---|---|---|---|")
     for b in [int(x) for x in a.batches.split(",")]:
-        for name, fn in engines.items():
+        rates: dict[str, list[float]] = {name: [] for name in engines}
+        diff: dict[str, float | None] = dict.fromkeys(engines)
+        ntok: dict[str, int] = {}
+        for fn in engines.values():
             fn(b, 999)  # warm-up
-            rates, diff, ntok = [], None, 0
-            for r in range(a.repeats):
+        for r in range(a.repeats):  # the engines alternate, so slow spells of a shared machine hit them alike
+            for name, fn in engines.items():
                 t = time.perf_counter()
                 ids, lps = fn(b, r)
                 el = time.perf_counter() - t
-                ntok = sum(len(x) for x in ids)
-                rates.append(ntok / el)
+                ntok[name] = sum(len(x) for x in ids)
+                rates[name].append(ntok[name] / el)
                 if lps is not None and r == 0:
-                    diff = agreement(model, prompt, ids, lps, eos)
-            d = f"{diff:.2e}" if diff is not None else "n/a (no per-token log-probs)"
-            print(f"| {name} | {b} | {statistics.median(rates):.0f} | {a.repeats} | {ntok} | {d} |", flush=True)
+                    diff[name] = agreement(model, prompt, ids, lps, eos)
+        for name in engines:
+            d = f"{diff[name]:.2e}" if diff[name] is not None else "n/a (no per-token log-probs)"
+            print(f"| {name} | {b} | {statistics.median(rates[name]):.0f} | {a.repeats} | {ntok[name]} | {d} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

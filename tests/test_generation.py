@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thinktuning.generation import DecodeSession, decode_linears, draw, left_pad, positions_from_mask, sample
+from thinktuning.generation import (
+    DecodeSession,
+    decode_linears,
+    draw,
+    fill_holes,
+    gemm_rows,
+    left_pad,
+    positions_from_mask,
+    sample,
+)
 from thinktuning.logprobs import collate, token_logprobs
 
 PAD = 0
@@ -131,6 +140,19 @@ def test_eos_stops_a_row_without_disturbing_the_others(tiny_model) -> None:
         assert rollouts[i].finished is False
 
 
+def test_dropping_ended_rows_changes_no_greedy_result(tiny_model) -> None:
+    first = [greedy_by_hand(tiny_model, p, 8) for p in PROMPTS]
+    eos = first[2][3]  # row 2 ends at its 4th token; check where the others end, by hand
+    ends = [r.index(eos) + 1 if eos in r else 8 for r in first]
+    assert len(set(ends)) > 1, ends  # precondition: rows end at different steps, so the batch shrinks midway
+    kept = sample(tiny_model, PROMPTS, max_new_tokens=8, eos_id=eos, pad_id=PAD, greedy=True, compact=False)
+    dropped = sample(tiny_model, PROMPTS, max_new_tokens=8, eos_id=eos, pad_id=PAD, greedy=True)
+    for f, end, a, b in zip(first, ends, kept, dropped, strict=True):
+        assert a.response_ids == b.response_ids == f[:end]
+        assert a.finished == b.finished == (eos in f)
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5, rtol=0)
+
+
 def test_length_limit_leaves_row_unfinished(tiny_model) -> None:
     gen = torch.Generator().manual_seed(0)
     eos = 63
@@ -216,6 +238,21 @@ def test_decode_linears_computes_the_same_products() -> None:
     assert got.shape == (3, 2, 5)
 
 
+def test_gemm_rows_rounds_up_to_a_multiple_of_8_above_8() -> None:
+    assert [gemm_rows(n) for n in (1, 3, 8, 9, 15, 16, 17, 31, 32, 33)] == [1, 3, 8, 16, 16, 16, 24, 32, 32, 40]
+
+
+@pytest.mark.parametrize("rows", [5, 11, 13, 16, 17])
+def test_decode_linears_padded_rows_give_the_same_products(rows) -> None:
+    lin = torch.nn.Linear(24, 40)
+    x = torch.randn(rows, 1, 24)
+    expected = lin(x)
+    with torch.no_grad(), decode_linears(lin):
+        got = lin(x)
+    assert got.shape == (rows, 1, 40) and got.is_contiguous()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
 def test_decode_linears_is_undone_on_exit_and_leaves_autograd_alone() -> None:
     lin = torch.nn.Linear(4, 4)
     with decode_linears(lin):
@@ -271,6 +308,43 @@ def test_buffered_cache_survives_copy_and_batch_repeat(tiny_model) -> None:
         want = tiny_model(input_ids=torch.tensor([[5, 6, 7, 8], [5, 6, 7, 9]])).logits[:, -1:]
     assert torch.allclose(got, want, atol=1e-5)
     assert prefix.get_seq_length() == 3  # the original is untouched
+
+
+def test_buffered_cache_keeps_selected_rows_and_appends_in_place(tiny_model) -> None:
+    from thinktuning.generation import buffered_cache
+
+    cache = buffered_cache()
+    with torch.no_grad():
+        tiny_model(input_ids=torch.tensor([[5, 6, 7], [8, 9, 10], [11, 12, 13]]), past_key_values=cache,
+                   use_cache=True)
+        cache.batch_select_indices(torch.tensor([0, 2]))
+        layer = cache.layers[0]
+        buffer = layer.keys.data_ptr()
+        got = tiny_model(input_ids=torch.tensor([[14], [15]]), past_key_values=cache, use_cache=True).logits
+        assert layer.keys.data_ptr() == buffer, "the append after a selection was not in place"
+        want = tiny_model(input_ids=torch.tensor([[5, 6, 7, 14], [11, 12, 13, 15]])).logits[:, -1:]
+    assert torch.allclose(got, want, atol=1e-5)
+    assert cache.get_seq_length() == 4 and layer.keys.shape[0] == 2
+
+
+def test_fill_holes_moves_rows_from_the_end_into_the_gaps() -> None:
+    assert fill_holes([False, True, True, False, False]) == [0, 3, 4]
+    assert fill_holes([False, True, False, False, False]) == [0, 4, 2, 3]
+    assert fill_holes([False, False, True]) == [0, 1]  # only the last row goes: nothing moves
+    assert fill_holes([True, True, True]) == []
+
+
+def test_buffered_cache_any_row_order_is_still_right(tiny_model) -> None:
+    from thinktuning.generation import buffered_cache
+
+    cache = buffered_cache()
+    with torch.no_grad():
+        tiny_model(input_ids=torch.tensor([[5, 6, 7], [8, 9, 10], [11, 12, 13]]), past_key_values=cache,
+                   use_cache=True)
+        cache.batch_select_indices(torch.tensor([2, 0]))  # reordered: not the in-place case
+        got = tiny_model(input_ids=torch.tensor([[14], [15]]), past_key_values=cache, use_cache=True).logits
+        want = tiny_model(input_ids=torch.tensor([[11, 12, 13, 14], [5, 6, 7, 15]])).logits[:, -1:]
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------- decode session

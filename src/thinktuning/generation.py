@@ -61,11 +61,23 @@ DECODE_ROWS = 256
 """Linear layers fed at most this many rows (a decode step: one token per sequence) take the transposed GEMM."""
 
 
+def gemm_rows(rows: int) -> int:
+    """How many rows to hand the BLAS for ``rows`` real ones: above 8, the next multiple of 8.
+
+    oneMKL's ``W @ x.T`` is fast for 8, 16, 24, 32 columns and slow in between: for 90 cold 1536x576 weights,
+    15 columns took 82 ms and 16 took 38 ms, 31 took 104 ms and 32 took 57 ms (``BENCHMARKS.md``). Zero rows
+    are appended and their outputs dropped; the real rows' products are unchanged."""
+    return rows if rows <= 8 else -(-rows // 8) * 8
+
+
 def _decode_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
     if rows > DECODE_ROWS or torch.is_grad_enabled():
         return torch.nn.functional.linear(x, self.weight, self.bias)
-    y = (self.weight @ x.reshape(rows, x.shape[-1]).T).T.contiguous()
+    flat = x.reshape(rows, x.shape[-1])
+    if gemm_rows(rows) != rows:
+        flat = torch.cat([flat, flat.new_zeros(gemm_rows(rows) - rows, flat.shape[-1])])
+    y = (self.weight @ flat.T).T[:rows].contiguous()
     if self.bias is not None:
         y = y + self.bias
     return y.view(*x.shape[:-1], self.weight.shape[0])
@@ -90,6 +102,19 @@ def decode_linears(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for m in patched:
             del m.forward
+
+
+def fill_holes(dropped: Sequence[bool]) -> list[int]:
+    """The rows to keep, in an order that compacts a batch by moving few rows: a dropped row among the first
+    ``m`` (the number kept) takes a kept row from past ``m``, every other kept row stays where it is. Hand-checked:
+    dropping rows 1 and 2 of 5 keeps ``[0, 3, 4]``, dropping row 1 of 5 keeps ``[0, 4, 2, 3]``."""
+    m = len(dropped) - sum(dropped)
+    order = list(range(m))
+    holes = [i for i in range(m) if dropped[i]]
+    tail = [i for i in range(m, len(dropped)) if not dropped[i]]
+    for hole, row in zip(holes, tail, strict=True):
+        order[hole] = row
+    return order
 
 
 CACHE_HEADROOM = 256
@@ -126,6 +151,26 @@ def _buffered_layer_class():
             self._vbuf[:, :, n_old:n_new] = value_states
             self.keys, self.values = self._kbuf[:, :, :n_new], self._vbuf[:, :, :n_new]
             return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            """Keep the rows ``indices``. When each row either stays where it is or comes from past the end of
+            the kept batch (the order :func:`fill_holes` gives), only the moved rows' filled part is copied, in
+            place: indexing copied the whole buffer, headroom included (60 ms for a batch of 32 at 150 tokens,
+            a third of a decode step). Any other order indexes a copy."""
+            idx = indices.tolist()
+            m = len(idx)
+            buf = getattr(self, "_kbuf", None)
+            if (self.get_seq_length() == 0 or buf is None or self.keys.data_ptr() != buf.data_ptr()
+                    or not all(src == dst or src >= m for dst, src in enumerate(idx))):
+                super().batch_select_indices(indices)
+                return
+            n = self.get_seq_length()
+            for dst, src in enumerate(idx):
+                if src != dst:  # row dst was dropped (a kept row would sit at its own place), row src is past m
+                    self._kbuf[dst, :, :n] = self._kbuf[src, :, :n]
+                    self._vbuf[dst, :, :n] = self._vbuf[src, :, :n]
+            self._kbuf, self._vbuf = self._kbuf[:m], self._vbuf[:m]
+            self.keys, self.values = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
 
     return BufferedLayer
 
@@ -174,19 +219,27 @@ def sample(
     greedy: bool = False,
     generator: torch.Generator | None = None,
     batch_size: int = 32,
+    compact: bool = True,
 ) -> list[Rollout]:
     """Sample one response per prompt (repeat a prompt G times for a group), in batches of ``batch_size``.
 
     A row ends at ``eos_id`` or after ``max_new_tokens``. The per-token log-probs are recorded under the
     temperature but before top-p, i.e. of the policy the trainer scores (the teacher decodes with
     :class:`DecodeSession`, which adds stop strings and a repetition penalty).
+
+    ``compact`` drops a row from the batch (and its KV cache) once it has ended, so the remaining decode steps
+    compute only the rows still writing; ``False`` keeps the batch whole to the end (padding the ended rows), as
+    ``model.generate`` does. Both sample from the same distribution; with the same generator they draw different
+    samples, since the ended rows no longer consume random numbers.
     """
     out: list[Rollout] = []
     with decode_linears(model):
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
             out.extend(
-                _sample_batch(model, chunk, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator)
+                _sample_batch(
+                    model, chunk, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator, compact
+                )
             )
     return out
 
@@ -196,7 +249,7 @@ def _stopped(tokens: list[int], stop_strings: tuple[str, ...], decode) -> bool:
     return any(s in tail for s in stop_strings)
 
 
-def _sample_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator):
+def _sample_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator, compact):
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -209,6 +262,7 @@ def _sample_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature, t
     logps = torch.zeros((n, max_new_tokens), dtype=torch.float32)
     lengths = torch.full((n,), max_new_tokens, dtype=torch.long)
     done = torch.zeros(n, dtype=torch.bool)
+    live = torch.arange(n)  # the original index of each row in the batch (all of them, unless compacting)
     step_in, step_pos = ids, pos
     for t in range(max_new_tokens):
         logits = model(
@@ -221,17 +275,23 @@ def _sample_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature, t
         else:
             probs = torch.softmax(top_p_filter(logits / temperature, top_p), dim=-1)
             nxt = draw(probs, generator).to(device)
-        nxt = torch.where(done.to(device), torch.full_like(nxt, pad_id), nxt)
-        tokens[:, t] = nxt.cpu()
-        logps[:, t] = logp_full.gather(-1, nxt[:, None]).squeeze(1).cpu()
-        newly = (nxt.cpu() == eos_id) & ~done
-        lengths[newly] = t + 1
-        done |= newly
+        ended = done[live]  # rows that ended earlier (only without compaction): they are fed padding
+        nxt = torch.where(ended.to(device), torch.full_like(nxt, pad_id), nxt)
+        nxt_cpu = nxt.cpu()
+        tokens[live, t] = nxt_cpu
+        logps[live, t] = logp_full.gather(-1, nxt[:, None]).squeeze(1).cpu()
+        newly = (nxt_cpu == eos_id) & ~ended
+        lengths[live[newly]] = t + 1
+        done[live[newly]] = True
         if bool(done.all()):
             break
         step_in = nxt[:, None]
         step_pos = step_pos[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
+        mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
+        if compact and bool(newly.any()):
+            keep = torch.tensor(fill_holes(newly.tolist()), dtype=torch.long)
+            cache.batch_select_indices(keep.to(device))
+            live, step_in, step_pos, mask = live[keep], step_in[keep], step_pos[keep], mask[keep]
     if was_training:
         model.train()
     rollouts = []
