@@ -1,4 +1,5 @@
-"""benchmarks/step_time.py and rollout_throughput.py: their arithmetic on hand-made rows, and a real tiny run.
+"""benchmarks/step_time.py, rollout_throughput.py and compaction.py: their arithmetic on hand-made rows, and real
+tiny runs.
 
 The scripts measure speed; these tests only keep them working (speed targets are never asserted in tests)."""
 
@@ -59,3 +60,16 @@ def test_rollout_throughput_runs_on_the_embedded_model() -> None:
         cells = row.split("|")
         assert float(cells[3]) > 0  # tokens/s
         assert float(cells[6]) < 1e-3  # the sampler's log-probs agree with the trainer's
+
+
+@pytest.mark.slow
+def test_compaction_benchmark_runs_and_both_variants_write_the_same_tokens() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compaction.py"), "--batches", "3", "--new-tokens", "6",
+         "--repeats", "1"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| 3 |")]
+    assert len(rows) == 1
+    assert float(rows[0][2]) > 0 and float(rows[0][3]) > 0
+    assert rows[0][5].strip() == "yes"
