@@ -415,6 +415,13 @@ def test_session_repetition_penalty_counts_only_generated_tokens(tiny_model) -> 
     assert len(set(out)) == len(out)  # what it generated is
 
 
+def test_session_stop_strings_need_a_decode_function(tiny_model) -> None:
+    session = DecodeSession(tiny_model, 1, PAD)
+    session.feed(PROMPTS[:1])
+    with pytest.raises(ValueError, match="decode function"):
+        session.generate(2, eos_id=63, stop_strings=["x"])
+
+
 def test_session_must_be_fed_before_generating(tiny_model) -> None:
     with pytest.raises(RuntimeError, match="feed the session"):
         DecodeSession(tiny_model, 1, PAD).generate(2, eos_id=63)

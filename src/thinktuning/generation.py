@@ -75,8 +75,9 @@ def _decode_linear(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if rows > DECODE_ROWS or torch.is_grad_enabled():
         return torch.nn.functional.linear(x, self.weight, self.bias)
     flat = x.reshape(rows, x.shape[-1])
-    if gemm_rows(rows) != rows:
-        flat = torch.cat([flat, flat.new_zeros(gemm_rows(rows) - rows, flat.shape[-1])])
+    padded = gemm_rows(rows)
+    if padded != rows:
+        flat = torch.cat([flat, flat.new_zeros(padded - rows, flat.shape[-1])])
     y = (self.weight @ flat.T).T[:rows].contiguous()
     if self.bias is not None:
         y = y + self.bias
@@ -377,6 +378,8 @@ class DecodeSession:
 
         if self.last_logits is None:
             raise RuntimeError("feed the session before generating")
+        if stop_strings and decode is None:
+            raise ValueError("stop_strings need a decode function (token ids -> text)")
         penalty = RepetitionPenaltyLogitsProcessor(repetition_penalty) if repetition_penalty != 1.0 else None
         active = torch.zeros(self.n, dtype=torch.bool)
         active[list(range(self.n)) if rows is None else list(rows)] = True
