@@ -393,8 +393,9 @@ class ThinkTuningTrainer:
         # rank must run the same number of backward passes (DDP's all-reduce), so only a single process skips them
         skip_zero = cfg.optim.skip_zero_advantage and cfg.loss.kl_coef == 0 and world == 1
         plans = [self._plan(seqs, mb, skip_zero) for mb in minibatches]  # the same micro-batches in every epoch
+        micro_batches = [idx for plan in plans for idx in plan]
         reuse_old = cfg.optim.ppo_epochs == 1 and len(minibatches) == 1  # pi_old == pi_theta: skip a pass
-        old = None if reuse_old else self._old_logprobs(seqs, [idx for plan in plans for idx in plan])
+        old = None if reuse_old else self._old_logprobs(seqs, micro_batches)
         sums: dict[str, float] = {}
         counts = 0
         grad_norms = []
@@ -448,9 +449,9 @@ class ThinkTuningTrainer:
             out.setdefault(key, math.nan)
         out["updates_skipped"] = skipped
         # per epoch: zero-advantage rows not run, and token positions the update's forward computed
-        out["rows_skipped"] = len(seqs) - sum(len(idx) for plan in plans for idx in plan)
+        out["rows_skipped"] = len(seqs) - sum(len(idx) for idx in micro_batches)
         out["padded_tokens"] = microbatch.padded_tokens(
-            [len(s.prompt_ids) for s in seqs], [len(s.response_ids) for s in seqs], [idx for p in plans for idx in p])
+            [len(s.prompt_ids) for s in seqs], [len(s.response_ids) for s in seqs], micro_batches)
         return distributed.mean_metrics(self.accelerator, out)  # over all processes (grad_norm is the same on all)
 
     def _tensors(self, chunk: list[Sequence_]):
