@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from thinktuning import checkpoint as ckpt
-from thinktuning.checkpoint import (
-    CheckpointError,
-    latest_checkpoint,
-    list_checkpoints,
-    load_training_state,
-    save_checkpoint,
-)
+from thinktuning.checkpoint import latest_checkpoint, list_checkpoints, load_training_state, save_checkpoint
+from thinktuning.errors import CheckpointError
 
 FILES = ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json")
 

@@ -41,3 +41,13 @@ def test_existing_run_folder_is_refused(tmp_path, capsys):
     (run / "config.yaml").write_text("seed: 0\n")
     code = main(["train", "--output-dir", str(run), "--max-steps", "1"])
     assert code == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_eval_names_its_own_flag_for_a_bad_base_url(capsys):
+    # eval has no teacher: a bad --base-url must not be reported as teacher.base_url
+    code = main(["eval", "--model", "smollm2-135m-instruct", "--backend", "openai", "--base-url", "ftp://host",
+                 "--benchmarks", "arithmetic", "--limit", "2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--base-url='ftp://host' is not an http(s) URL" in err
+    assert "teacher" not in err

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from thinktuning.compare import CompareError, compare_table, load_results
+from thinktuning.compare import compare_table, load_results
+from thinktuning.errors import CompareError
 
 
 def _results(spec: str, acc: float, tokens: float, reflect: float, **settings) -> dict:

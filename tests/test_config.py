@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from thinktuning.config import ConfigError, ThinkTuningConfig, load_config, preset_names
+from thinktuning.config import ThinkTuningConfig, load_config, preset_names
+from thinktuning.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------------- presets
 

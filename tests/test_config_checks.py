@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 from thinktuning import load_config
-from thinktuning.config import ConfigError
 from thinktuning.config_checks import SCRIPTED_DATASETS, check_context_lengths, validate
+from thinktuning.errors import ConfigError
 
 
 def test_context_check_arithmetic():

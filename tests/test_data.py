@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from thinktuning.data import (
-    INSTRUCTION,
-    DatasetError,
-    Example,
-    build_prompt,
-    load_examples,
-    make_arithmetic,
-)
+from thinktuning.data import INSTRUCTION, Example, build_prompt, load_examples, make_arithmetic
+from thinktuning.errors import DatasetError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(

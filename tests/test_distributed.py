@@ -17,7 +17,7 @@ import torch
 from test_trainer import FORCE_GUIDANCE, _tiny_student
 
 from thinktuning import ThinkTuningTrainer, distributed, load_config
-from thinktuning.config import ConfigError
+from thinktuning.errors import ConfigError
 from thinktuning.loss import policy_loss
 from thinktuning.runlog import read_jsonl
 

@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from thinktuning.data import DatasetError, make_arithmetic
-from thinktuning.eval_benchmarks import (
-    BENCHMARKS,
-    GPQA_COLUMNS,
-    extract_choice,
-    load_benchmark,
-    parse_benchmarks,
-)
+from thinktuning.data import make_arithmetic
+from thinktuning.errors import DatasetError
+from thinktuning.eval_benchmarks import BENCHMARKS, GPQA_COLUMNS, extract_choice, load_benchmark, parse_benchmarks
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").is_file(),

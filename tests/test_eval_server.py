@@ -9,7 +9,7 @@ import pytest
 from servers import MisbehavingServer, llama_server
 
 from thinktuning.cli import main
-from thinktuning.config import ConfigError
+from thinktuning.errors import ConfigError
 from thinktuning.evaluate import EvalSettings
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,11 @@ import shutil
 import pytest
 from test_trainer import _tiny_student
 
+from thinktuning.answers import extract_answer
+from thinktuning.checker import AnswerChecker
 from thinktuning.cli import main
 from thinktuning.data import Example
+from thinktuning.errors import ModelNotFoundError
 from thinktuning.eval_benchmarks import Benchmark
 from thinktuning.evaluate import (
     EvalRequest,
@@ -21,8 +24,6 @@ from thinktuning.evaluate import (
     run_eval,
     score_benchmark,
 )
-from thinktuning.models import ModelNotFoundError
-from thinktuning.rewards import AnswerChecker, extract_answer
 
 
 @pytest.fixture(scope="module")

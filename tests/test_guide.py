@@ -7,7 +7,8 @@ import pytest
 from thinktuning.config import load_config
 from thinktuning.data import Example
 from thinktuning.guide import Guide, Sequence_, TeacherWatch
-from thinktuning.teacher import TeacherCase, TeacherResult, parse_feedback
+from thinktuning.teacher.base import TeacherCase, TeacherResult
+from thinktuning.teacher.prompt import parse_feedback
 
 GOOD = ("<opinion>incorrect</opinion><reason>Wait, 3 + 4 is 7, not 8.</reason>"
         "<phrase>The final answer is \\boxed{7}.</phrase>")

@@ -12,7 +12,7 @@ import torch
 from test_trainer import _comparable, _tiny_cfg, _tiny_student
 
 from thinktuning import ThinkTuningTrainer, load_config
-from thinktuning.config import ConfigError
+from thinktuning.errors import ConfigError
 from thinktuning.logprobs import collate, token_logprobs
 from thinktuning.lora import adapters_off, base_reference, is_adapter_dir
 from thinktuning.models import ResolvedModel, load_model, resolve

@@ -12,14 +12,7 @@ import math
 import pytest
 import torch
 
-from thinktuning.loss import (
-    AGGREGATIONS,
-    SHAPINGS,
-    LossOutput,
-    aas_gamma,
-    aggregate,
-    policy_loss,
-)
+from thinktuning.loss import AGGREGATIONS, SHAPINGS, LossOutput, aas_gamma, aggregate, policy_loss
 
 D = torch.float64
 LN2 = math.log(2.0)

@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from thinktuning.models import (
-    EMBEDDED_ALIAS,
-    ModelNotFoundError,
-    ResolvedModel,
-    end_of_turn_id,
-    load_tokenizer,
-    resolve,
-)
+from thinktuning.errors import ModelNotFoundError
+from thinktuning.models import EMBEDDED_ALIAS, ResolvedModel, end_of_turn_id, load_tokenizer, resolve
 
 
 def test_nonexistent_local_path_lists_what_was_tried(tmp_path) -> None:

@@ -9,7 +9,7 @@ import time
 import pytest
 from servers import MisbehavingServer, completion_json, free_port, llama_server
 
-from thinktuning.config import ConfigError
+from thinktuning.errors import ConfigError
 from thinktuning.openai_client import OpenAIClient, backoff_delay, normalize_base_url
 
 # ----------------------------------------------------------------------------------------------- pure rules
@@ -28,8 +28,10 @@ def test_base_url_is_the_api_root(given, root):
 
 @pytest.mark.parametrize("bad", ["", "localhost:8000", "127.0.0.1:8000/v1", "ftp://host/v1", "http://", "http://h:x/v1"])
 def test_a_bad_base_url_is_a_config_error_that_shows_an_example(bad):
-    with pytest.raises(ConfigError, match=r"^teacher\.base_url="):
+    # neutral: the client does not know which setting the URL came from; the caller adds the name
+    with pytest.raises(ConfigError, match=r"^'") as e:  # starts with the URL itself
         normalize_base_url(bad)
+    assert "teacher" not in str(e.value)
 
 
 def test_backoff_doubles_up_to_the_cap_and_honours_retry_after():
@@ -135,7 +137,7 @@ def test_a_server_that_keeps_failing_gives_up_after_max_retries_with_the_last_re
                           "(3 attempts)")
 
 
-@pytest.mark.parametrize(("status", "hint"), [(400, ""), (404, ""), (401, "set teacher.api_key_env")])
+@pytest.mark.parametrize(("status", "hint"), [(400, ""), (404, ""), (401, "name the variable that holds it")])
 def test_other_4xx_are_not_retried(status, hint):
     server, done = _ask_once(lambda n, body: (status, {}, b'{"error": "nope"}', 0.0), max_retries=3, backoff_s=0.01)
     assert len(server.requests) == 1 and done.attempts == 1

@@ -17,7 +17,8 @@ import torch
 
 from thinktuning.cli import main
 from thinktuning.config import ThinkTuningConfig, save_config
-from thinktuning.report import SCRIPT, ReportError, build_report, choose_steps, render_response, write_report
+from thinktuning.errors import ReportError
+from thinktuning.report import SCRIPT, build_report, choose_steps, render_response, write_report
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 

@@ -11,16 +11,9 @@ import time
 
 import pytest
 
-from thinktuning.rewards import (
-    AnswerChecker,
-    call_reward_functions,
-    compute_rewards,
-    correctness_reward,
-    extract_answer,
-    extract_boxed,
-    extract_last_number,
-    load_reward_function,
-)
+from thinktuning.answers import extract_answer, extract_boxed, extract_last_number
+from thinktuning.checker import AnswerChecker
+from thinktuning.rewards import call_reward_functions, compute_rewards, correctness_reward, load_reward_function
 
 # A power tower sympy tries to evaluate exactly: it runs for minutes with little memory.
 SLOW_ANSWER = "9^{9^{9^{9}}}"

@@ -19,13 +19,15 @@ from test_trainer import _tiny_cfg, _tiny_student
 
 import thinktuning.trainer as trainer_module
 from thinktuning import ThinkTuningTrainer
-from thinktuning.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, save_checkpoint
+from thinktuning.checker import AnswerChecker
+from thinktuning.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 from thinktuning.cli import main
-from thinktuning.config import ConfigError
+from thinktuning.errors import CheckpointError, ConfigError
 from thinktuning.guide import TeacherWatch
-from thinktuning.rewards import AnswerChecker
 from thinktuning.runlog import read_jsonl
-from thinktuning.teacher import ModelTeacher, TeacherResult, parse_feedback
+from thinktuning.teacher.base import TeacherResult
+from thinktuning.teacher.model import ModelTeacher
+from thinktuning.teacher.prompt import parse_feedback
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +290,8 @@ def test_unusable_models_and_reward_functions_are_one_clear_line(tmp_path, tiny_
 def test_hub_model_that_cannot_be_loaded_is_explained(monkeypatch):
     from transformers import AutoTokenizer
 
-    from thinktuning.models import ModelNotFoundError, ResolvedModel, load_tokenizer
+    from thinktuning.errors import ModelNotFoundError
+    from thinktuning.models import ResolvedModel, load_tokenizer
 
     def offline(*args, **kwargs):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files\nmore detail")

@@ -8,15 +8,8 @@ import math
 import pytest
 
 from thinktuning.config import load_config
-from thinktuning.runlog import (
-    JsonlWriter,
-    RunFolderError,
-    prepare_run_dir,
-    progress_line,
-    read_jsonl,
-    truncate_jsonl,
-    write_run_header,
-)
+from thinktuning.errors import RunFolderError
+from thinktuning.runlog import JsonlWriter, prepare_run_dir, progress_line, read_jsonl, truncate_jsonl, write_run_header
 
 
 def make_run_folder(path):

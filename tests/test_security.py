@@ -20,9 +20,10 @@ from test_checkpoint import save, training_parts
 from test_trainer import _tiny_cfg, _tiny_student
 
 from thinktuning import ThinkTuningTrainer, load_config
-from thinktuning.checkpoint import CheckpointError, load_training_state
+from thinktuning.checkpoint import load_training_state
 from thinktuning.cli import main
 from thinktuning.config import ThinkTuningConfig, preset_names
+from thinktuning.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")

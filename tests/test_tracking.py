@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from thinktuning import ThinkTuningTrainer, load_config
-from thinktuning.config import ConfigError, ThinkTuningConfig
+from thinktuning.config import ThinkTuningConfig
 from thinktuning.config_checks import validate
+from thinktuning.errors import ConfigError
 from thinktuning.tracking import Trackers, check_available
 
 

@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 
+from thinktuning.errors import CheckpointError
+
 _NAME = re.compile(r"^step-(\d+)$")
 
-
-class CheckpointError(RuntimeError):
-    """Saving or loading a checkpoint failed; the message says why and what was left intact."""
 
 
 def checkpoint_dir(run: Path) -> Path:

@@ -13,13 +13,16 @@ from thinktuning import eval_cli
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from thinktuning.checkpoint import CheckpointError
-    from thinktuning.compare import CompareError
-    from thinktuning.config import ConfigError
-    from thinktuning.data import DatasetError
-    from thinktuning.models import ModelError, ModelNotFoundError
-    from thinktuning.rewards import RewardFunctionError
-    from thinktuning.runlog import RunFolderError
+    from thinktuning.errors import (
+        CheckpointError,
+        CompareError,
+        ConfigError,
+        DatasetError,
+        ModelError,
+        ModelNotFoundError,
+        RewardFunctionError,
+        RunFolderError,
+    )
 
     return (ConfigError, DatasetError, ModelNotFoundError, ModelError, RewardFunctionError, RunFolderError,
             CheckpointError, CompareError)
@@ -100,7 +103,8 @@ def resume_command(args: argparse.Namespace, output_dir: str) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from thinktuning.report import ReportError, write_report
+    from thinktuning.errors import ReportError
+    from thinktuning.report import write_report
 
     try:
         steps = [int(s) for s in args.steps.split(",") if s.strip()] if args.steps else None

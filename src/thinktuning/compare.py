@@ -12,15 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from thinktuning.errors import CompareError
 from thinktuning.evaluate import RESULTS_NAME
 
-__all__ = ["CompareError", "compare_table", "load_results"]
+__all__ = ["compare_table", "load_results"]
 
 _COMPARED_SETTINGS = ("samples", "temperature", "top_p", "max_new_tokens", "limit", "answer_fallback", "seed")
 
-
-class CompareError(ValueError):
-    """An argument of ``compare`` that is not an eval results file or a run folder holding one."""
 
 
 def load_results(arg: str | Path) -> dict[str, Any]:

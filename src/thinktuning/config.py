@@ -19,9 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A user-caused configuration problem; the message names the field and the allowed values."""
+from thinktuning.errors import ConfigError
 
 
 @dataclass

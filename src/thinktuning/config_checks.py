@@ -8,7 +8,8 @@ known. Each error is one :class:`~thinktuning.config.ConfigError` naming the fie
 
 from __future__ import annotations
 
-from thinktuning.config import ConfigError, ThinkTuningConfig
+from thinktuning.config import ThinkTuningConfig
+from thinktuning.errors import ConfigError
 
 SCRIPTED_DATASETS = ("arithmetic", "gsm8k")
 """Tasks whose rows carry short worked steps, the material ``teacher.backend=scripted`` writes feedback from."""
@@ -82,7 +83,10 @@ def validate(cfg: ThinkTuningConfig) -> None:
     if cfg.teacher.backend == "http":
         from thinktuning.openai_client import normalize_base_url
 
-        normalize_base_url(cfg.teacher.base_url)  # raises ConfigError naming the field for a non-http(s) URL
+        try:
+            normalize_base_url(cfg.teacher.base_url)
+        except ConfigError as e:
+            raise ConfigError(f"teacher.base_url={e}") from None
     env = cfg.teacher.api_key_env
     if env and not (env.isascii() and env.replace("_", "a").isalnum() and not env[0].isdigit()):
         raise ConfigError(f"teacher.api_key_env must name the environment variable that holds the key (e.g. "

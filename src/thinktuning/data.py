@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thinktuning.rewards import extract_boxed
+from thinktuning.answers import extract_boxed
+from thinktuning.errors import DatasetError
 
 __all__ = [
     "DATASETS",
     "INSTRUCTION",
     "DataStats",
-    "DatasetError",
+
     "Example",
     "build_prompt",
     "load_examples",
@@ -45,9 +46,6 @@ _ARITHMETIC_DEFAULT_SIZE = {"train": 2000}  # other splits: 200
 _ARITHMETIC_LEVELS = (1, 2, 3, 4)
 _TRAIN_SHARE = 80  # percent of the arithmetic problem space reserved for the train split
 
-
-class DatasetError(ValueError):
-    """A data problem the user can fix; the message names the file/row/column and says how."""
 
 
 @dataclass(frozen=True)

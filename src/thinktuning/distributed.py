@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from thinktuning.config import ConfigError
+from thinktuning.errors import ConfigError
 
 RANK_SEED_STRIDE = 2**32
 """Added to a sampling seed once per rank: seeds of different ranks never meet for any step below 2**32."""

@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from thinktuning.data import DatasetError, Example, build_prompt, load_examples
-from thinktuning.rewards import extract_boxed
+from thinktuning.answers import extract_boxed
+from thinktuning.data import Example, build_prompt, load_examples
+from thinktuning.errors import DatasetError
 
 __all__ = ["BENCHMARKS", "GPQA_INSTRUCTION", "Benchmark", "extract_choice", "gpqa_example", "load_benchmark",
            "parse_benchmarks"]

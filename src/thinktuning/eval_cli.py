@@ -57,7 +57,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from thinktuning.config import ConfigError
+    from thinktuning.errors import ConfigError
     from thinktuning.eval_benchmarks import parse_benchmarks
     from thinktuning.evaluate import EvalRequest, run_eval
 

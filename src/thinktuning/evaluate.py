@@ -22,10 +22,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
+from thinktuning.answers import extract_answer
+from thinktuning.checker import AnswerChecker
 from thinktuning.eval_benchmarks import Benchmark, extract_choice
 from thinktuning.eval_metrics import avg_at_k, k_values, maj_at_k, mean, pass_at_k
 from thinktuning.reflection import reflection_rates
-from thinktuning.rewards import AnswerChecker, correctness_reward, extract_answer
+from thinktuning.rewards import correctness_reward
 
 __all__ = ["BACKENDS", "EvalSettings", "Generation", "Generator", "TransformersGenerator", "evaluate",
            "resolve_eval_model", "score_benchmark", "summary"]
@@ -87,7 +89,7 @@ class EvalSettings:
         return self.samples == 1
 
     def check(self) -> None:
-        from thinktuning.config import ConfigError
+        from thinktuning.errors import ConfigError
 
         if self.samples < 1:
             raise ConfigError(f"--samples must be >= 1, got {self.samples}")
@@ -181,13 +183,21 @@ def _transformers_backend(resolved, settings: EvalSettings, progress: Callable[[
 
 
 def _openai_backend(model_name: str, settings: EvalSettings, progress: Callable[[str], None] | None) -> Generator:
+    from thinktuning.errors import ConfigError
     from thinktuning.eval_server import OpenAIGenerator
-    from thinktuning.openai_client import OpenAIClient
+    from thinktuning.openai_client import OpenAIClient, normalize_base_url
 
     name = settings.server_model or model_name
-    client = OpenAIClient(settings.base_url or "", None if name == "auto" else name,
-                          api_key_env=settings.api_key_env, concurrency=settings.concurrency,
-                          timeout_s=settings.timeout_s)
+    try:
+        normalize_base_url(settings.base_url or "")
+    except ConfigError as e:
+        raise ConfigError(f"--base-url={e}") from None
+    try:
+        client = OpenAIClient(settings.base_url or "", None if name == "auto" else name,
+                              api_key_env=settings.api_key_env, concurrency=settings.concurrency,
+                              timeout_s=settings.timeout_s)
+    except ConfigError as e:
+        raise ConfigError(f"eval --backend openai: {e} (--api-key-env)") from None
     return OpenAIGenerator(client, seed=settings.seed, progress=progress)
 
 
@@ -203,7 +213,8 @@ BACKENDS: dict[str, Callable[..., Generator]] = {"transformers": _transformers_b
 def resolve_eval_model(spec: str):
     """``(ResolvedModel, info)`` for a model spec, a checkpoint folder, or a run folder (its last checkpoint)."""
     from thinktuning.checkpoint import latest_checkpoint
-    from thinktuning.models import ModelNotFoundError, resolve
+    from thinktuning.errors import ModelNotFoundError
+    from thinktuning.models import resolve
 
     path = Path(spec).expanduser()
     info: dict[str, Any] = {"spec": spec}
@@ -370,7 +381,7 @@ class EvalRequest:
 def run_eval(req: EvalRequest, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Load benchmarks first (a missing one fails before minutes of model loading), then the model; evaluate; write
     the results (and, for a run folder, its ``eval.json`` summary for ``thinktuning report``)."""
-    from thinktuning.config import ConfigError
+    from thinktuning.errors import ConfigError
     from thinktuning.eval_benchmarks import load_benchmark
     from thinktuning.models import context_limit
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from thinktuning import guidance
 from thinktuning.config import ThinkTuningConfig
 from thinktuning.data import Example
-from thinktuning.teacher import Teacher, TeacherCase, TeacherResult, feedback_text
+from thinktuning.teacher.base import Teacher, TeacherCase, TeacherResult
+from thinktuning.teacher.prompt import feedback_text
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from thinktuning.config import ConfigError, LoraConfig
-from thinktuning.models import ModelNotFoundError, ResolvedModel, load_model, resolve
+from thinktuning.config import LoraConfig
+from thinktuning.errors import ConfigError, ModelNotFoundError
+from thinktuning.models import ResolvedModel, load_model, resolve
 
 ADAPTER_CONFIG = "adapter_config.json"
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from thinktuning.errors import ModelError, ModelNotFoundError
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
@@ -25,12 +27,6 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelNotFoundError(FileNotFoundError):
-    """The spec matched no form we know; the message lists what was tried and how to get the model."""
-
-
-class ModelError(ValueError):
-    """A model or tokenizer that loads but cannot be used here (no chat template, no end-of-turn token)."""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx2 as httpx
 
-from thinktuning.config import ConfigError
+from thinktuning.errors import ConfigError
 
 __all__ = ["Completion", "OpenAIClient", "backoff_delay", "normalize_base_url"]
 
@@ -52,18 +52,19 @@ class Completion:
 
 def normalize_base_url(base_url: str) -> str:
     """The API root without a trailing slash; a bare ``http://host:port`` gets ``/v1`` (the OpenAI convention, and
-    where vLLM and llama.cpp serve). Raises ConfigError for anything that is not an http(s) URL with a host."""
+    where vLLM and llama.cpp serve). Raises ConfigError for anything that is not an http(s) URL with a host; the
+    message names no setting, because the caller knows which one it was (``teacher.base_url``, ``--base-url``)."""
     url = (base_url or "").strip()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(
-            f"teacher.base_url={base_url!r} is not an http(s) URL; give the server's API root, e.g. "
+            f"{base_url!r} is not an http(s) URL; give the server's API root, e.g. "
             "http://127.0.0.1:8000/v1"
         )
     try:
         _ = parts.port  # a non-numeric port raises ValueError here
     except ValueError as e:
-        raise ConfigError(f"teacher.base_url={base_url!r}: {e}") from None
+        raise ConfigError(f"{base_url!r}: {e}") from None
     url = url.rstrip("/")
     return url if parts.path.strip("/") else url + "/v1"
 
@@ -122,8 +123,8 @@ class OpenAIClient:
             key = os.environ.get(api_key_env, "")
             if not key:
                 raise ConfigError(
-                    f"the API key variable ${api_key_env} (teacher.api_key_env) is not set or empty; export it, "
-                    "or set teacher.api_key_env=null for a server without a key"
+                    f"the API key variable ${api_key_env} is not set or empty; export it, or name no key variable "
+                    "for a server without a key"
                 )
             headers["Authorization"] = f"Bearer {key}"
         self._client = httpx.Client(

@@ -28,12 +28,8 @@ from typing import Any
 
 import yaml
 
+from thinktuning.errors import ReportError
 from thinktuning.report_plots import COLORS, metrics_svg
-from thinktuning.runlog import RunFolderError
-
-
-class ReportError(RunFolderError):
-    """A folder given to ``report`` is not a readable run folder."""
 
 
 def esc(value: Any) -> str:

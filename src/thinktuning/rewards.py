@@ -21,15 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from thinktuning.answers import (
-    extract_answer,
-    extract_boxed,
-    extract_last_number,
-)
+from thinktuning.answers import extract_answer, extract_boxed, extract_last_number
 from thinktuning.checker import AnswerChecker, _default_checker
+from thinktuning.errors import RewardFunctionError
 
 __all__ = [
-    "AnswerChecker", "RewardFunctionError", "call_reward_functions", "completion_text", "compute_rewards",
+    "AnswerChecker", "call_reward_functions", "completion_text", "compute_rewards",
     "correctness_reward", "extract_answer", "extract_boxed", "extract_last_number", "load_reward_function",
 ]
 
@@ -81,9 +78,6 @@ def correctness_reward(
     verdicts = checker.check_many(preds, [str(r) for r in reference])
     return [1.0 if ok else 0.0 for ok in verdicts]
 
-
-class RewardFunctionError(ValueError):
-    """A user reward function (``reward.functions``) that cannot be imported or is not callable."""
 
 
 def load_reward_function(path: str) -> Callable:

@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from thinktuning.config import ConfigError, ThinkTuningConfig
+from thinktuning.config import ThinkTuningConfig
+from thinktuning.errors import ConfigError
 from thinktuning.generation import Rollout
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from thinktuning.config import ThinkTuningConfig, save_config
+from thinktuning.errors import RunFolderError
 
 RUN_FILES = ("config.yaml", "run.json", "metrics.jsonl", "rollouts.jsonl")
 
-
-class RunFolderError(RuntimeError):
-    """The output folder cannot be used as asked (exists from another run, not a run folder, ...)."""
 
 
 def check_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from thinktuning.config import ConfigError
+from thinktuning.errors import ConfigError
 
 TRACKERS = ("tensorboard", "wandb", "trackio")
 # the module each tracker imports, and the pip package that provides it

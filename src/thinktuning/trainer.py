@@ -21,24 +21,19 @@ import torch
 from thinktuning import checkpoint as ckpt
 from thinktuning import distributed, guidance, lora, microbatch, runlog, steplog, tracking
 from thinktuning.advantages import compute_advantages
-from thinktuning.config import ConfigError, ThinkTuningConfig
+from thinktuning.checker import AnswerChecker
+from thinktuning.config import ThinkTuningConfig
 from thinktuning.config_checks import check_context_lengths, validate
-from thinktuning.data import DatasetError, Example, load_examples
+from thinktuning.data import Example, load_examples
+from thinktuning.errors import ConfigError, DatasetError
 from thinktuning.generation import sample
 from thinktuning.guide import Guide, Sequence_, TeacherWatch
 from thinktuning.interrupt import StopRequest
 from thinktuning.logprobs import collate, token_logprobs
 from thinktuning.loss import METRIC_NAMES, policy_loss
-from thinktuning.models import (
-    context_limit,
-    encode_user_turns,
-    end_of_turn_id,
-    load_model,
-    load_tokenizer,
-    resolve,
-)
+from thinktuning.models import context_limit, encode_user_turns, end_of_turn_id, load_model, load_tokenizer, resolve
 from thinktuning.progress import Progress
-from thinktuning.rewards import AnswerChecker, compute_rewards, correctness_reward, load_reward_function
+from thinktuning.rewards import compute_rewards, correctness_reward, load_reward_function
 from thinktuning.teacher.build import build_teacher, needs_frozen_student
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ from test_trainer import _tiny_cfg, _tiny_student
 
 from thinktuning import ThinkTuningTrainer, load_config
 from thinktuning.cli import main
-from thinktuning.config import ConfigError
+from thinktuning.errors import ConfigError
 from thinktuning.openai_client import OpenAIClient
 from thinktuning.runlog import read_jsonl
-from thinktuning.teacher import TeacherCase
+from thinktuning.teacher.base import TeacherCase
 from thinktuning.teacher.http import HTTPTeacher, _close_last_phrase, close_phrase, own_answer, render
 
 # ------------------------------------------------------------------------------------------- text rules

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from thinktuning.config import ConfigError, load_config
+from thinktuning.config import load_config
 from thinktuning.data import load_examples, make_arithmetic
+from thinktuning.errors import ConfigError
 from thinktuning.reflection import detect
 from thinktuning.runlog import read_jsonl
 from thinktuning.teacher.base import Teacher, TeacherCase

@@ -2,13 +2,7 @@
 
 from thinktuning.teacher.base import Teacher, TeacherCase, TeacherResult
 from thinktuning.teacher.model import ModelTeacher
-from thinktuning.teacher.prompt import (
-    Feedback,
-    build_messages,
-    feedback_text,
-    parse_feedback,
-    render_feedback,
-)
+from thinktuning.teacher.prompt import Feedback, build_messages, feedback_text, parse_feedback, render_feedback
 
 __all__ = [
     "Feedback",

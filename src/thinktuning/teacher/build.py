@@ -7,6 +7,7 @@ module, never the trainer.
 from __future__ import annotations
 
 from thinktuning.config import ThinkTuningConfig
+from thinktuning.errors import ConfigError
 from thinktuning.teacher.base import Teacher
 
 
@@ -41,8 +42,11 @@ def build_teacher(cfg: ThinkTuningConfig, *, tokenizer, frozen_student, device, 
 
             t_tok = tokenizer if t.model == "student-init" else load_tokenizer(
                 resolve(t.model, cfg.model.cache_dir), cfg.model.trust_remote_code)
-        client = OpenAIClient(t.base_url, t.server_model, api_key_env=t.api_key_env, concurrency=t.concurrency,
-                              timeout_s=t.timeout_s, max_retries=t.max_retries)
+        try:
+            client = OpenAIClient(t.base_url, t.server_model, api_key_env=t.api_key_env,
+                                  concurrency=t.concurrency, timeout_s=t.timeout_s, max_retries=t.max_retries)
+        except ConfigError as e:
+            raise ConfigError(f"teacher (backend http, api_key_env={t.api_key_env}): {e}") from None
         return HTTPTeacher(
             client, api=t.api, tokenizer=t_tok, max_reason_tokens=t.max_reason_tokens,
             max_phrase_tokens=t.max_phrase_tokens, repetition_penalty=t.repetition_penalty,

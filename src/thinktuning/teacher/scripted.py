@@ -30,7 +30,7 @@ import hashlib
 import random
 import re
 
-from thinktuning.rewards import extract_answer
+from thinktuning.answers import extract_answer
 from thinktuning.teacher.base import TeacherCase, TeacherResult
 from thinktuning.teacher.prompt import Feedback, feedback_text, parse_feedback, render_feedback
 
