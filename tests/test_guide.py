@@ -6,7 +6,7 @@ import pytest
 
 from thinktuning.config import load_config
 from thinktuning.data import Example
-from thinktuning.guide import Guide, Sequence_, TeacherWatch
+from thinktuning.guide import Guide, TeacherWatch, Trajectory
 from thinktuning.teacher.base import TeacherCase, TeacherResult
 from thinktuning.teacher.prompt import parse_feedback
 
@@ -32,10 +32,10 @@ class RecordingTeacher:
         return None
 
 
-def _seq(tok, text: str, correct: float = 0.0) -> Sequence_:
+def _seq(tok, text: str, correct: float = 0.0) -> Trajectory:
     ex = Example("a-1", "What is 3 + 4?", "What is 3 + 4?\n\nThink.", "7", solution="3 + 4 = 7.")
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    return Sequence_(ex, 0, [1, 2], ids, True, student_correct=correct, teacher_mask=[0] * len(ids))
+    return Trajectory(ex, 0, [1, 2], ids, True, student_correct=correct, teacher_mask=[0] * len(ids))
 
 
 @pytest.mark.parametrize(("sees", "reference", "kind", "answer"), [

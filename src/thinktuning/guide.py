@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Sequence_:
+class Trajectory:
     """One rollout as trained on: ids, which tokens are shaped, reward and advantage, plus what to log."""
 
     example: Example
@@ -87,7 +87,7 @@ class Guide:
         teacher: Teacher,
         tokenizer,
         eos_id: int,
-        continue_fn: Callable[[list[Sequence_], int], None],
+        continue_fn: Callable[[list[Trajectory], int], None],
         watch: TeacherWatch | None = None,
     ) -> None:
         self.cfg = cfg
@@ -100,7 +100,7 @@ class Guide:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def cases(self, chosen: list[Sequence_]) -> list[TeacherCase]:
+    def cases(self, chosen: list[Trajectory]) -> list[TeacherCase]:
         """What the teacher is shown about each chosen rollout (``teacher.sees_reference`` decides the extra)."""
         sees = self.cfg.teacher.sees_reference
         out = []
@@ -118,7 +118,7 @@ class Guide:
             ))
         return out
 
-    def __call__(self, chosen: list[Sequence_], step: int) -> None:
+    def __call__(self, chosen: list[Trajectory], step: int) -> None:
         """Ask the teacher about each chosen rollout and splice its feedback in (or count 'no feedback')."""
         if not chosen:
             return

@@ -243,7 +243,7 @@ class VLLMRollout:
     # -------------------------------------------------------------------------- importance correction
 
     def token_weights(self, chunk: Sequence[Any], trainer_logp: torch.Tensor) -> torch.Tensor:
-        """Per-token loss weights for a micro-batch of ``guide.Sequence_`` (layout of ``logprobs.collate``): the
+        """Per-token loss weights for a micro-batch of ``guide.Trajectory`` (layout of ``logprobs.collate``): the
         truncated importance ratio on tokens vLLM sampled, 1 on teacher tokens, continuations and padding."""
         sampler = torch.zeros_like(trainer_logp, dtype=torch.float32, device="cpu")
         valid = torch.zeros_like(sampler, dtype=torch.bool)

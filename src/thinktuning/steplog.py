@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
-from thinktuning.guide import Sequence_
+from thinktuning.guide import Trajectory
 
 
 def step_metrics(
-    step: int, seqs: list[Sequence_], p: float, upd: dict[str, float], *, lr: float, checker_timeouts: int,
+    step: int, seqs: list[Trajectory], p: float, upd: dict[str, float], *, lr: float, checker_timeouts: int,
     unparsed_references: int,
 ) -> dict[str, Any]:
     """The metrics line of step ``step`` (0-based; logged 1-based). ``upd`` holds the update's metrics (its
@@ -68,7 +68,7 @@ class CounterDeltas:
         return out
 
 
-def rollout_record(step: int, index: int, s: Sequence_) -> dict[str, Any]:
+def rollout_record(step: int, index: int, s: Trajectory) -> dict[str, Any]:
     """One line of rollouts.jsonl (``step`` 1-based, ``index`` the rollout's place in the step's batch)."""
     return {
         "step": step, "group": s.group, "index": index, "example_id": s.example.id,

@@ -27,7 +27,7 @@ from thinktuning.config_checks import check_context_lengths, validate
 from thinktuning.data import Example, load_examples
 from thinktuning.errors import ConfigError, DatasetError
 from thinktuning.generation import sample
-from thinktuning.guide import Guide, Sequence_, TeacherWatch
+from thinktuning.guide import Guide, TeacherWatch, Trajectory
 from thinktuning.interrupt import StopRequest
 from thinktuning.logprobs import collate, token_logprobs
 from thinktuning.loss import METRIC_NAMES, policy_loss
@@ -285,7 +285,7 @@ class ThinkTuningTrainer:
             generator=gen, batch_size=cfg.rollout.batch_size,
         )
         seqs = [
-            Sequence_(examples[i // g], mine[i // g], r.prompt_ids, r.response_ids, r.finished,
+            Trajectory(examples[i // g], mine[i // g], r.prompt_ids, r.response_ids, r.finished,
                       teacher_mask=[0] * len(r.response_ids),
                       sampler_logprobs=r.logprobs if self.vllm is not None else None)
             for i, r in enumerate(rollouts)
@@ -351,7 +351,7 @@ class ThinkTuningTrainer:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _rewards(self, seqs: list[Sequence_], texts: list[str], correctness_only: bool = False) -> list[float]:
+    def _rewards(self, seqs: list[Trajectory], texts: list[str], correctness_only: bool = False) -> list[float]:
         columns = {
             "reference": [s.example.reference for s in seqs],
             "truncated": [not s.finished for s in seqs],
@@ -361,7 +361,7 @@ class ThinkTuningTrainer:
         funcs = self.reward_funcs[:1] if correctness_only else self.reward_funcs
         return compute_rewards(funcs, [s.example.prompt for s in seqs], texts, columns)
 
-    def _continue(self, continuing: list[Sequence_], step: int) -> None:
+    def _continue(self, continuing: list[Trajectory], step: int) -> None:
         """``guidance.continuation=student``: the student writes the rest on-policy, after the teacher's reason."""
         cfg = self.cfg
         gen = torch.Generator().manual_seed(distributed.rank_seed(cfg.seed * 7_000_003 + step,
@@ -377,7 +377,7 @@ class ThinkTuningTrainer:
             s.teacher_mask = s.teacher_mask + [0] * len(r.response_ids)
             s.finished = r.finished
 
-    def _update(self, seqs: list[Sequence_]) -> dict[str, float]:
+    def _update(self, seqs: list[Trajectory]) -> dict[str, float]:
         """PPO epochs over mini-batches of whole groups; micro-batches accumulate gradients."""
         cfg = self.cfg
         g = cfg.rollout.group_size
@@ -449,7 +449,7 @@ class ThinkTuningTrainer:
             [len(s.prompt_ids) for s in seqs], [len(s.response_ids) for s in seqs], micro_batches)
         return distributed.mean_metrics(self.accelerator, out)  # over all processes (grad_norm is the same on all)
 
-    def _tensors(self, chunk: list[Sequence_]):
+    def _tensors(self, chunk: list[Trajectory]):
         batch = collate([s.prompt_ids for s in chunk], [s.response_ids for s in chunk], self.pad_id)
         width = batch.response_ids.shape[1]
         shaped = torch.zeros((len(chunk), width))
@@ -457,7 +457,7 @@ class ThinkTuningTrainer:
             shaped[i, : len(s.shaped_mask)] = torch.tensor(s.shaped_mask, dtype=torch.float32)
         return batch, shaped
 
-    def _plan(self, seqs: list[Sequence_], mb: list[int], skip_zero: bool) -> list[list[int]]:
+    def _plan(self, seqs: list[Trajectory], mb: list[int], skip_zero: bool) -> list[list[int]]:
         """The micro-batches of mini-batch ``mb`` (indices into ``seqs``): length-sorted, zero-advantage rows left
         out when ``skip_zero`` (microbatch.py)."""
         parts = microbatch.plan_micro_batches(
@@ -466,7 +466,7 @@ class ThinkTuningTrainer:
         return [[mb[j] for j in part] for part in parts]
 
     @torch.no_grad()
-    def _old_logprobs(self, seqs: list[Sequence_], micro_batches: list[list[int]]) -> list[torch.Tensor | None]:
+    def _old_logprobs(self, seqs: list[Trajectory], micro_batches: list[list[int]]) -> list[torch.Tensor | None]:
         """pi_old of every row the update will run (rows it skips get None), in the update's own micro-batches
         (same padding, so the first epoch's ratio is exactly 1)."""
         out: list[torch.Tensor | None] = [None] * len(seqs)
@@ -478,7 +478,7 @@ class ThinkTuningTrainer:
                 out[i] = lp[j, : len(seqs[i].response_ids)]
         return out
 
-    def _micro_loss(self, chunk: list[Sequence_], old: list[torch.Tensor] | None, norm: float):
+    def _micro_loss(self, chunk: list[Trajectory], old: list[torch.Tensor] | None, norm: float):
         cfg = self.cfg
         batch, shaped = self._tensors(chunk)
         device = self.accelerator.device
