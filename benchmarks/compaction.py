@@ -25,9 +25,10 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=4)
     a = ap.parse_args()
-    from thinktuning.data import make_arithmetic
-    from thinktuning.generation import sample
-    from thinktuning.models import encode_user_turns, end_of_turn_id, load_model, load_tokenizer, resolve
+    from thinktuning.data.arithmetic import make_arithmetic
+    from thinktuning.models.load import encode_user_turns, end_of_turn_id, load_model, load_tokenizer
+    from thinktuning.models.resolve import resolve
+    from thinktuning.rollout.sampler import sample
 
     spec = resolve("smollm2-135m-instruct")
     tok = load_tokenizer(spec)

@@ -40,7 +40,8 @@ def build_model(folder: Path, dry_run: bool) -> int:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from thinktuning.models import load_tokenizer, resolve
+    from thinktuning.models.load import load_tokenizer
+    from thinktuning.models.resolve import resolve
 
     tok = load_tokenizer(resolve("smollm2-135m-instruct"))
     config = Qwen2Config(

@@ -51,7 +51,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from thinktuning import ThinkTuningTrainer, generation, load_config, logprobs, trainer
+    from thinktuning import ThinkTuningTrainer, load_config
+    from thinktuning.rollout import sampler as generation
+    from thinktuning.train import logprobs, trainer
 
     generation.DecodeSession.feed = timed("teacher: read case (prefill)", generation.DecodeSession.feed)
     generation.DecodeSession.generate = timed("teacher: decode fields", generation.DecodeSession.generate)

@@ -38,7 +38,7 @@ def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 10) -> float:
 
 def agreement(model, prompt: list[int], rollouts, engine_logps, pad_id: int) -> float:
     """Mean |engine log-prob - trainer log-prob| over all sampled tokens."""
-    from thinktuning.logprobs import collate, token_logprobs
+    from thinktuning.train.logprobs import collate, token_logprobs
 
     diffs, count = 0.0, 0
     for k in range(0, len(rollouts), 8):
@@ -63,8 +63,9 @@ def main() -> None:
                     help="which to run: ours (generation.sample), ours-whole (the same, ended rows kept in the batch: "
                          "compact=False), generate (bare model.generate), vllm")
     a = ap.parse_args()
-    from thinktuning.generation import sample
-    from thinktuning.models import encode_user_turns, end_of_turn_id, load_model, load_tokenizer, resolve
+    from thinktuning.models.load import encode_user_turns, end_of_turn_id, load_model, load_tokenizer
+    from thinktuning.models.resolve import resolve
+    from thinktuning.rollout.sampler import sample
 
     spec = resolve("smollm2-135m-instruct")
     tok = load_tokenizer(spec)

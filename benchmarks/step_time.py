@@ -83,13 +83,13 @@ def trl_child(variant: str, steps: int, warmup: int, out_dir: str) -> list[dict]
     from trl.extras import profiling
 
     from thinktuning import ThinkTuningTrainer, load_config
-    from thinktuning.rewards import correctness_reward
+    from thinktuning.rewards.functions import correctness_reward
 
     if trl.__version__ != TRL_VERSION:
         sys.exit(f"this benchmark is pinned to trl=={TRL_VERSION}, found {trl.__version__}")
     # the same prompts in the same order as thinktuning's steps (its seeded data order), TRL told not to shuffle
-    from thinktuning.data import load_examples
-    from thinktuning.models import resolve
+    from thinktuning.data.load import load_examples
+    from thinktuning.models.resolve import resolve
 
     probe = ThinkTuningTrainer.__new__(ThinkTuningTrainer)  # only its data order is used: no model is loaded
     probe.cfg = load_config("cpu-demo", [*TT_SETS, f"max_steps={steps + warmup}"])

@@ -47,7 +47,7 @@ def run(cmd: list[str], log: Path) -> None:
 
 def finished(run_dir: Path, steps: int) -> bool:
     """Whether the run's last complete checkpoint is the final step (then training is skipped)."""
-    from thinktuning.checkpoint import latest_checkpoint
+    from thinktuning.run.checkpoint import latest_checkpoint
 
     last = latest_checkpoint(run_dir) if run_dir.is_dir() else None
     return last is not None and last.name == f"step-{steps:06d}"

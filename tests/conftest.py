@@ -57,13 +57,13 @@ def make_model():
 
 @pytest.fixture(scope="session")
 def smol_resolved():
-    from thinktuning.models import resolve
+    from thinktuning.models.resolve import resolve
 
     return resolve("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")
 def smol_tokenizer(smol_resolved):
-    from thinktuning.models import load_tokenizer
+    from thinktuning.models.load import load_tokenizer
 
     return load_tokenizer(smol_resolved)

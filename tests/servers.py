@@ -65,7 +65,7 @@ def wait_until_up(base_url: str, proc: subprocess.Popen, log: Path, deadline_s: 
 @contextlib.contextmanager
 def llama_server(log_dir: Path, n_ctx: int = 4096) -> Iterator[str]:
     """Serve the embedded SmolLM2 GGUF on a free local port; yields the API root (``http://127.0.0.1:PORT/v1``)."""
-    from thinktuning.models import embedded_gguf_path
+    from thinktuning.models.resolve import embedded_gguf_path
 
     require_llama_cpp_server()
     gguf = embedded_gguf_path()

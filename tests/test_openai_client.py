@@ -7,8 +7,8 @@ import threading
 import time
 
 import pytest
-from servers import MisbehavingServer, completion_json, free_port, llama_server
 
+from tests.servers import MisbehavingServer, completion_json, free_port, llama_server
 from thinktuning.errors import ConfigError
 from thinktuning.openai_client import OpenAIClient, backoff_delay, normalize_base_url
 
@@ -43,7 +43,7 @@ def test_backoff_doubles_up_to_the_cap_and_honours_retry_after():
 
 def test_a_missing_key_variable_names_the_variable_and_the_fix(monkeypatch):
     monkeypatch.delenv("TT_TEST_NO_SUCH_KEY", raising=False)
-    with pytest.raises(ConfigError, match=r"\$TT_TEST_NO_SUCH_KEY \(teacher\.api_key_env\) is not set"):
+    with pytest.raises(ConfigError, match=r"\$TT_TEST_NO_SUCH_KEY is not set or empty; export it"):
         OpenAIClient("http://127.0.0.1:1/v1", api_key_env="TT_TEST_NO_SUCH_KEY")
 
 

@@ -9,7 +9,7 @@ import shlex
 import signal
 import sys
 
-from thinktuning import eval_cli
+from thinktuning.eval import cli as eval_cli
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from thinktuning.config import load_config
-    from thinktuning.trainer import ThinkTuningTrainer
+    from thinktuning.config.load import load_config
+    from thinktuning.train.trainer import ThinkTuningTrainer
 
     cfg = load_config(args.config, args.overrides, output_dir=args.output_dir, max_steps=args.max_steps,
                       seed=args.seed, quiet=True if args.quiet else None)
@@ -104,7 +104,7 @@ def resume_command(args: argparse.Namespace, output_dir: str) -> str:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from thinktuning.errors import ReportError
-    from thinktuning.report import write_report
+    from thinktuning.report.html import write_report
 
     try:
         steps = [int(s) for s in args.steps.split(",") if s.strip()] if args.steps else None

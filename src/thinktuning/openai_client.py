@@ -190,7 +190,8 @@ class OpenAIClient:
                 if response.status_code in (401, 403) and self.api_key_env:
                     error += f" (check the key in ${self.api_key_env})"
                 elif response.status_code in (401, 403):
-                    error += " (the server wants a key: set teacher.api_key_env to the variable that holds it)"
+                    error += (" (the server wants a key: name the variable that holds it: teacher.api_key_env, or "
+                              "--api-key-env for eval)")
                 if response.status_code not in RETRY_STATUS:
                     return Completion(None, error=error, attempts=attempt)
                 retry_after = response.headers.get("retry-after")

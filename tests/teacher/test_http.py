@@ -8,14 +8,14 @@ import logging
 import math
 
 import pytest
-from servers import MisbehavingServer, completion_json, free_port, llama_server
-from test_trainer import _tiny_cfg, _tiny_student
 
+from tests.servers import MisbehavingServer, completion_json, free_port, llama_server
+from tests.train.test_trainer import _tiny_cfg, _tiny_student
 from thinktuning import ThinkTuningTrainer, load_config
 from thinktuning.cli import main
 from thinktuning.errors import ConfigError
 from thinktuning.openai_client import OpenAIClient
-from thinktuning.runlog import read_jsonl
+from thinktuning.run.folder import read_jsonl
 from thinktuning.teacher.base import TeacherCase
 from thinktuning.teacher.http import HTTPTeacher, _close_last_phrase, close_phrase, own_answer, render
 
@@ -178,7 +178,7 @@ def test_garbage_slow_and_failing_servers_leave_rollouts_unguided_and_warn_once(
         with MisbehavingServer(behaviour) as server:
             trainer = ThinkTuningTrainer(_http_cfg(tiny_student, tmp_path / name, server.base_url, extra))
             trainer.guide.watch.silent_steps = 2
-            with caplog.at_level(logging.WARNING, logger="thinktuning.trainer"):
+            with caplog.at_level(logging.WARNING, logger="thinktuning.train.trainer"):
                 history = trainer.train()
         expected = error.format(url=server.base_url)
         assert all(m["guidance/guided"] == 0 and m["guidance/no_feedback"] > 0 for m in history), name

@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 import random
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-from thinktuning.config import load_config
-from thinktuning.data import load_examples, make_arithmetic
+from thinktuning.config.load import load_config
+from thinktuning.data.arithmetic import make_arithmetic
+from thinktuning.data.load import load_examples
 from thinktuning.errors import ConfigError
-from thinktuning.reflection import detect
-from thinktuning.runlog import read_jsonl
+from thinktuning.eval.reflection import detect
+from thinktuning.run.folder import read_jsonl
 from thinktuning.teacher.base import Teacher, TeacherCase
 from thinktuning.teacher.prompt import feedback_text
 from thinktuning.teacher.scripted import (
@@ -261,18 +261,16 @@ def test_build_teacher_makes_the_scripted_backend(smol_tokenizer):
 
 @pytest.fixture(scope="module")
 def tiny_student(tmp_path_factory):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from test_trainer import _tiny_student
-
-    from thinktuning.models import load_tokenizer, resolve
+    from tests.train.test_trainer import _tiny_student
+    from thinktuning.models.load import load_tokenizer
+    from thinktuning.models.resolve import resolve
 
     return _tiny_student(tmp_path_factory.mktemp("tiny-student"), load_tokenizer(resolve("smollm2-135m-instruct")))
 
 
 @pytest.mark.slow
 def test_one_training_step_with_the_scripted_teacher(tmp_path, tiny_student):
-    from test_trainer import _tiny_cfg
-
+    from tests.train.test_trainer import _tiny_cfg
     from thinktuning import ThinkTuningTrainer
 
     cfg = _tiny_cfg(tiny_student, tmp_path / "run", ["teacher.backend=scripted"])

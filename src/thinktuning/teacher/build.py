@@ -6,7 +6,7 @@ module, never the trainer.
 
 from __future__ import annotations
 
-from thinktuning.config import ThinkTuningConfig
+from thinktuning.config.schema import ThinkTuningConfig
 from thinktuning.errors import ConfigError
 from thinktuning.teacher.base import Teacher
 
@@ -18,7 +18,8 @@ def build_teacher(cfg: ThinkTuningConfig, *, tokenizer, frozen_student, device, 
     context under which it is the initial student (adapters off)."""
     t = cfg.teacher
     if t.backend == "model":
-        from thinktuning.models import load_model, load_tokenizer, resolve
+        from thinktuning.models.load import load_model, load_tokenizer
+        from thinktuning.models.resolve import resolve
         from thinktuning.teacher.model import ModelTeacher
 
         if t.model == "student-init":
@@ -38,7 +39,8 @@ def build_teacher(cfg: ThinkTuningConfig, *, tokenizer, frozen_student, device, 
 
         t_tok = None
         if t.api == "completions":  # we render the chat template: the served model's tokenizer (student's by default)
-            from thinktuning.models import load_tokenizer, resolve
+            from thinktuning.models.load import load_tokenizer
+            from thinktuning.models.resolve import resolve
 
             t_tok = tokenizer if t.model == "student-init" else load_tokenizer(
                 resolve(t.model, cfg.model.cache_dir), cfg.model.trust_remote_code)

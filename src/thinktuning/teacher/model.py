@@ -20,8 +20,8 @@ import contextlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from thinktuning.generation import DecodeSession, decode_linears
-from thinktuning.models import end_of_turn_id
+from thinktuning.models.load import end_of_turn_id
+from thinktuning.rollout.decoding import DecodeSession, decode_linears
 from thinktuning.teacher.base import TeacherCase, TeacherResult
 from thinktuning.teacher.prompt import build_messages, parse_feedback
 
@@ -77,7 +77,7 @@ class ModelTeacher:
 
     def context(self) -> tuple[int | None, int]:
         """The model's context window and the token count of the instructions and demonstrations."""
-        from thinktuning.models import context_limit
+        from thinktuning.models.load import context_limit
 
         prefix = chat_prefix(self.tokenizer, build_messages("", ""))
         return context_limit(self.model.config), len(self._ids(prefix))

@@ -30,7 +30,7 @@ import hashlib
 import random
 import re
 
-from thinktuning.answers import extract_answer
+from thinktuning.rewards.answers import extract_answer
 from thinktuning.teacher.base import TeacherCase, TeacherResult
 from thinktuning.teacher.prompt import Feedback, feedback_text, parse_feedback, render_feedback
 
@@ -47,7 +47,7 @@ FINAL = "The final answer is \\boxed{{{answer}}}."
 # ----------------------------------------------------------------------------------------------- templates
 # Placeholders: {given} = the question's numbers ("16, 3 and 4"), {mine} = "my answer of 12" / "my answer",
 # {x} = the student's wrong answer, {n} = the reference answer. Every opener is written so that the package's
-# cue detector (thinktuning.reflection) recognises its behaviour; tests/teacher/test_scripted.py checks that.
+# cue detector (thinktuning.eval.reflection) recognises its behaviour; tests/teacher/test_scripted.py checks that.
 
 _OPENERS: dict[str, tuple[str, ...]] = {
     "self-conflict": (

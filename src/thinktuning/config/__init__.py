@@ -1,0 +1,3 @@
+"""Configuration: the typed schema users read (schema), presets and overrides (load), range and cross-field checks
+(checks).
+"""

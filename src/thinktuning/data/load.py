@@ -1,0 +1,272 @@
+"""Loading problems by dataset name: the built-in task, GSM8K and MATH from the hub or local JSONL/CSV/Parquet.
+
+Every data mistake a user can make becomes a :class:`~thinktuning.errors.DatasetError` that names the file, the
+row and the fix, instead of a KeyError deep inside a training step.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from thinktuning.data.arithmetic import _ARITHMETIC_DEFAULT_SIZE, _LOCAL_SUFFIXES, _check_levels, make_arithmetic
+from thinktuning.data.examples import DataStats, Example, build_prompt
+from thinktuning.errors import DatasetError
+from thinktuning.rewards.answers import extract_boxed
+
+DATASETS = ("arithmetic", "gsm8k", "math")
+DEFAULT_SOURCES = {"gsm8k": "openai/gsm8k", "math": "HuggingFaceH4/MATH-500"}
+_HUB_CONFIGS = {"openai/gsm8k": "main", "gsm8k": "main"}
+
+class _BadRow(Exception):
+    """Raised by a row converter; ``reason`` is the short key counted in DataStats.skipped_reasons."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail or reason
+
+
+@dataclass(frozen=True)
+class _Table:
+    label: str  # what messages call the data: a file path or "hub dataset X"
+    id_part: str  # middle part of example ids: the split, or the file's stem
+    columns: list[str]
+    rows: list[tuple[str, Any]]  # ("line 7", record) ; a record that failed to parse is a _BadRow
+
+
+def _looks_like_path(source: str) -> bool:
+    return (Path(source).expanduser().exists() or source.startswith(("/", "./", "../", "~"))
+            or source.lower().endswith(_LOCAL_SUFFIXES))
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"line {lineno}", json.loads(line)))
+            except json.JSONDecodeError as exc:
+                rows.append((f"line {lineno}", _BadRow("invalid JSON", f"invalid JSON ({exc.msg})")))
+    return rows
+
+
+def _read_local_file(path: Path) -> tuple[list[str] | None, list[tuple[str, Any]]]:
+    """Rows of one file with the place each came from (line for JSON lines, row otherwise)."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return None, _read_jsonl(path)
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return None, _read_jsonl(path)  # many ".json" files are really JSON lines
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            got = type(data).__name__
+            raise DatasetError(f"{path}: expected a JSON list of objects (or JSON lines), got a {got}")
+        return None, [(f"row {i}", rec) for i, rec in enumerate(data, start=1)]
+    if suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            rows = [(f"row {i}", dict(rec)) for i, rec in enumerate(reader, start=1)]
+            return list(reader.fieldnames or []), rows
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        return table.column_names, [(f"row {i}", rec) for i, rec in enumerate(table.to_pylist(), start=1)]
+    raise DatasetError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(_LOCAL_SUFFIXES)}")
+
+
+def _read_local(source: str, split: str) -> _Table:
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DatasetError(f"data source {source!r} does not exist. Pass an existing .jsonl/.json/.csv/"
+                           f".parquet file or a folder holding {split}.jsonl, e.g. "
+                           "--set data.source=../shared/data/gsm8k")
+    if path.is_dir():
+        candidates = [path / f"{split}{suffix}" for suffix in _LOCAL_SUFFIXES]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            present = sorted(p.name for p in path.iterdir() if p.suffix.lower() in _LOCAL_SUFFIXES)
+            raise DatasetError(f"folder {str(path)!r} has no file for split {split!r} (looked for "
+                               f"{split}.jsonl etc.; found: {', '.join(present) or 'no data files'}). Set "
+                               "data.split to one of those, or pass the file itself as data.source")
+        path, id_part = found, split
+    else:
+        id_part = path.stem
+    columns, rows = _read_local_file(path)
+    if columns is None:
+        first = next((rec for _, rec in rows if isinstance(rec, dict)), None)
+        columns = list(first) if first is not None else []
+    return _Table(str(path), id_part, columns, rows)
+
+
+def _read_hub(name: str, source: str, split: str) -> _Table:
+    """The real hub path (datasets.load_dataset); offline, its failure says how to use a local copy."""
+    import datasets
+
+    config = _HUB_CONFIGS.get(source)
+    try:
+        ds = datasets.load_dataset(source, config, split=split)
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        hint = f"../shared/data/{'math500' if name == 'math' else name}"
+        raise DatasetError(
+            f"hub load of {source!r} (config {config}, split {split!r}) failed: {type(exc).__name__}: "
+            f"{first_line}. If you are offline, pass a local file or folder as the source instead, e.g. "
+            f"--set data.source={hint}"
+        ) from exc
+    return _Table(f"hub dataset {source}", split, list(ds.column_names),
+                  [(f"row {i}", rec) for i, rec in enumerate(ds, start=1)])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Row converters: record -> (question, reference, solution), or _BadRow
+# --------------------------------------------------------------------------------------------------------
+
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+def _text_field(record: dict, column: str) -> str:
+    if column not in record or record[column] is None:
+        raise _BadRow(f"missing {column}", f"column {column!r} is missing or null")
+    value = record[column]
+    if not isinstance(value, str):
+        raise _BadRow(f"{column} not a string", f"column {column!r} holds a {type(value).__name__}, not text")
+    if not value.strip():
+        raise _BadRow(f"empty {column}", f"column {column!r} is empty")
+    return value.strip()
+
+
+def _answer_field(value: Any) -> str | None:
+    """A reference answer cell as text; numbers are accepted (AIME files store integers)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip() if isinstance(value, (str, int, float)) else ""
+    return text or None
+
+
+def _gsm8k_row(record: dict) -> tuple[str, str, str | None]:
+    question = _text_field(record, "question")
+    answer = _text_field(record, "answer")
+    if "####" not in answer:
+        raise _BadRow("no #### in answer", "the answer has no '#### <number>' final line")
+    worked, _, final = answer.rpartition("####")
+    reference = final.strip().replace(",", "").replace("$", "").strip()
+    if not reference:
+        raise _BadRow("empty answer after ####", "nothing follows '####' in the answer")
+    solution = _CALCULATOR.sub("", worked).strip() or None
+    return question, reference, solution
+
+
+def _math_row(record: dict) -> tuple[str, str, str | None]:
+    question = _text_field(record, "problem" if "problem" in record else "question")
+    solution = record.get("solution") if isinstance(record.get("solution"), str) else None
+    reference = _answer_field(record.get("answer"))
+    if reference is None and solution is not None:
+        reference = extract_boxed(solution)
+    if reference is None:
+        raise _BadRow("no answer", "no usable 'answer' and no \\boxed{} answer in 'solution'")
+    return question, reference, (solution.strip() or None) if solution else None
+
+
+def _check_columns(name: str, table: _Table) -> None:
+    cols = set(table.columns)
+    if name == "gsm8k":
+        missing = [c for c in ("question", "answer") if c not in cols]
+        needed = "'question' and 'answer' (a worked solution ending '#### <number>')"
+    else:
+        missing = [] if cols & {"problem", "question"} else ["problem"]
+        if not cols & {"answer", "solution"}:
+            missing.append("answer")
+        needed = "'problem' (or 'question') and 'answer' (or a 'solution' with a \\boxed{} answer)"
+    if missing:
+        raise DatasetError(f"{table.label}: missing column(s) {missing} for dataset {name!r}. Columns found: "
+                           f"{sorted(cols) or 'none'}; columns needed: {needed}")
+
+
+def _convert(name: str, table: _Table, limit: int | None, on_bad_row: str) -> tuple[list[Example], DataStats]:
+    stats = DataStats(source=table.label)
+    convert = _gsm8k_row if name == "gsm8k" else _math_row
+    examples: list[Example] = []
+    for index, (where, record) in enumerate(table.rows):
+        if limit is not None and len(examples) >= limit:
+            break
+        stats.rows_read += 1
+        try:
+            if isinstance(record, _BadRow):
+                raise record
+            if not isinstance(record, dict):
+                got = type(record).__name__
+                raise _BadRow("not an object", f"expected an object with named fields, got a {got}")
+            question, reference, solution = convert(record)
+        except _BadRow as bad:
+            if on_bad_row == "error":
+                raise DatasetError(f"{table.label}: {where}: {bad.detail}. Fix or remove the row, or set "
+                                   "data.on_bad_row=skip to skip such rows") from None
+            stats.rows_skipped += 1
+            stats.skipped_reasons[bad.reason] = stats.skipped_reasons.get(bad.reason, 0) + 1
+            continue
+        examples.append(Example(id=f"{name}/{table.id_part}/{index}", question=question,
+                                prompt=build_prompt(question), reference=reference, solution=solution))
+    stats.rows_used = len(examples)
+    if not examples:
+        why = f" ({stats.rows_skipped} skipped: {stats.skipped_reasons})" if stats.rows_skipped else ""
+        raise DatasetError(f"{table.label}: no usable rows{why}")
+    return examples, stats
+
+
+def load_examples(
+    name: str,
+    source: str | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    seed: int = 0,
+    on_bad_row: str = "error",
+    levels: Sequence[int] = (1, 2, 3),
+) -> tuple[list[Example], DataStats]:
+    """Load problems by dataset name from the hub or a local path; see the module docstring for why.
+
+    ``source``: None for the default (built-in task, or the hub dataset), a hub name, or a local
+    ``.jsonl/.json/.csv/.parquet`` file or a folder holding ``{split}.jsonl``. ``limit`` keeps the first N
+    usable rows; nothing is shuffled here (the trainer shuffles with its own seed). ``seed`` and ``levels``
+    apply to the arithmetic task only.
+    """
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)} (set data.name)")
+    if on_bad_row not in ("error", "skip"):
+        raise DatasetError(f"data.on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DatasetError(f"data.limit must be a positive integer or null, got {limit!r}")
+    if source is not None and not str(source).strip():
+        source = None
+    if name == "arithmetic":
+        if source is not None:
+            raise DatasetError(f"the arithmetic task is built in and reads no files; unset data.source "
+                               f"(it is {source!r})")
+        n = limit if limit is not None else _ARITHMETIC_DEFAULT_SIZE.get(split, 200)
+        examples = make_arithmetic(n, seed, levels, split=split)
+        label = f"builtin:arithmetic(split={split}, seed={seed}, levels={list(_check_levels(levels))})"
+        return examples, DataStats(source=label, rows_read=n, rows_used=n)
+    source = str(source) if source is not None else DEFAULT_SOURCES[name]
+    if source == DEFAULT_SOURCES["math"] and split != "test":
+        raise DatasetError(f"{source} has only a 'test' split, not {split!r}: set data.split=test, or pass "
+                           "another MATH file or hub dataset as data.source")
+    table = _read_local(source, split) if _looks_like_path(source) else _read_hub(name, source, split)
+    if not table.rows:
+        raise DatasetError(f"{table.label}: the dataset is empty (no rows)")
+    _check_columns(name, table)
+    return _convert(name, table, limit, on_bad_row)
+

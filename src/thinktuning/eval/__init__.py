@@ -1,0 +1,3 @@
+"""Evaluation: benchmarks, generators (transformers, OpenAI-compatible servers), scoring, reflection rates, and
+compare.
+"""

@@ -1,0 +1,3 @@
+"""Step 2, guidance: the pure rules (rules: schedule, selection, splice, masks) and the step that applies them with a
+teacher (guide).
+"""

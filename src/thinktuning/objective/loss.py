@@ -1,0 +1,429 @@
+"""Policy loss for ThinkTuning: PPO-clip on the student's tokens, a shaped objective on guided tokens.
+
+METHOD.md, step 7. Guided tokens (mostly the teacher's feedback spliced into a student rollout) were not
+sampled from the student, so a PPO ratio to pi_old would be meaningless and clipping would throw most of
+their signal away. They instead get a *shaped* objective whose gradient is a plain likelihood gradient
+times a coefficient ``c``:
+
+    grad = c * A * grad log pi
+
+* ``"aas"``: Advantage-Aware Shaping, ``-A * pi / (sg(pi) + gamma(A))``, ``c = pi / (pi + gamma)``.
+  ``gamma`` is tiny (|gamma| <= 0.001), so ``c`` is ~1 except for rare tokens, where a positive gamma
+  (A > 0) damps and a negative gamma (A < 0) boosts the update.
+* ``"aas-recipe"``: the same with the constant ``gamma = -0.001`` that the authors' recipe produces.
+* ``"luffy"``: LUFFY's ``-A * pi / (pi + 0.1)`` without stop-gradient, ``c = 0.1 * pi / (pi + 0.1)**2``.
+* ``"none"``: guided tokens are treated exactly like the student's own tokens (PPO-clip).
+
+Shapings and aggregations live in small registries so each ablation is one config value. All functions
+here are pure functions of tensors; the trainer decides which tokens are guided and how batches are split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import torch
+
+from thinktuning.objective.registry import lookup, register
+
+F = TypeVar("F", bound=Callable[..., object])
+
+# ---------------------------------------------------------------------------------------------------------
+# constants from the recipe (METHOD.md step 7)
+# ---------------------------------------------------------------------------------------------------------
+
+AAS_GAMMA_MAX = 0.001
+"""|gamma| bound of Advantage-Aware Shaping; gamma = +0.001 at A = +4 and -0.001 at A = -4."""
+AAS_ADV_SCALE = 4.0
+"""Advantage at which gamma saturates (the recipe's interpolation spans A in [-4, +4])."""
+AAS_RECIPE_GAMMA = -0.001
+"""What the recipe's inverted clamp ``clamp(gamma, 0.001, -0.001)`` returns for every A."""
+AAS_GUARD_LOW = 1.0001
+"""Denominator ``sg(pi) * 1.0001`` used when ``sg(pi) + gamma <= 0``."""
+AAS_GUARD_HIGH = 0.9999
+"""Denominator ``sg(pi) * 0.9999`` used when ``sg(pi) + gamma > 1``."""
+AAS_FALLBACK_PROB = 0.01
+"""Guided tokens with A < 0 and pi below this take the PPO loss instead of the shaped one."""
+LUFFY_GAMMA = 0.1
+"""LUFFY's shaping constant in ``pi / (pi + 0.1)``."""
+LOG_RATIO_CLAMP = 20.0
+"""|log pi - log pi_old| is clamped to this before ``exp`` so a stale token cannot overflow the ratio to
+inf (verl does the same); at 20 the ratio is ~5e8, far outside any clip range, so values are unchanged."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# gamma(A)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def aas_gamma(advantages: torch.Tensor, mode: str = "interpolate") -> torch.Tensor:
+    """The Advantage-Aware Shaping offset gamma(A), elementwise.
+
+    ``"interpolate"`` (the method as described): ``gamma(A) = 0.001 - 0.002 * (4 - A) / 8``, clamped to
+    ``[-0.001, 0.001]``; +0.001 at A = +4, 0 at A = 0, -0.001 at A = -4. A positive gamma damps the update
+    of rare tokens in rollouts that did well (they are already being pushed up), a negative gamma boosts
+    the push-down of rare tokens in rollouts that did badly.
+
+    ``"recipe"``: the constant -0.001. The authors' code clamps with ``min=0.001, max=-0.001``; since
+    ``torch.clamp`` applies max last when min > max, every value comes out -0.001. Offered so that the
+    recipe as written can be reproduced.
+    """
+    if mode == "interpolate":
+        gamma = AAS_GAMMA_MAX - 2 * AAS_GAMMA_MAX * (AAS_ADV_SCALE - advantages) / (2 * AAS_ADV_SCALE)
+        return gamma.clamp(-AAS_GAMMA_MAX, AAS_GAMMA_MAX)
+    if mode == "recipe":
+        return torch.full_like(advantages, AAS_RECIPE_GAMMA)
+    raise ValueError(f"unknown aas_gamma mode {mode!r}; expected 'interpolate' or 'recipe'")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shapings
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShapedTerms:
+    """What a shaping returns for every (B, T) position; the caller keeps only guided response tokens.
+
+    Attributes:
+        loss: per-token shaped loss, differentiable w.r.t. ``logp``.
+        weight: the coefficient ``c`` in ``grad = c * A * grad log pi`` (detached; for metrics).
+        fallback: bool, True where the shaping declines a token, which then takes the PPO loss.
+    """
+
+    loss: torch.Tensor
+    weight: torch.Tensor
+    fallback: torch.Tensor
+
+
+Shaping = Callable[[torch.Tensor, torch.Tensor], ShapedTerms | None]
+
+SHAPINGS: dict[str, Shaping] = {}
+"""name -> ``fn(logp (B, T), advantages (B, 1)) -> ShapedTerms | None``; None means "use PPO"."""
+
+
+def register_shaping(name: str) -> Callable[[F], F]:
+    """Decorator filing a guided-token shaping under ``name`` in :data:`SHAPINGS`."""
+    return register(SHAPINGS, "shaping", name)  # type: ignore[arg-type]
+
+
+def _aas_terms(logp: torch.Tensor, advantages: torch.Tensor, gamma_mode: str) -> ShapedTerms:
+    """``-A * pi / (sg(pi) + gamma(A))`` with the recipe's guards and negative-advantage fallback.
+
+    The forward value is ~ ``-A`` (the shaped ratio is ~1); what matters is the gradient,
+    ``-A * pi / denom * grad log pi``, because only the numerator carries gradient.
+
+    Guards, as in the recipe: ``denom <= 0`` -> ``sg(pi) * 1.0001`` and ``denom > 1`` ->
+    ``sg(pi) * 0.9999``. With the interpolated gamma the first guard can only be reached for A < 0 and
+    pi <= 0.001, which the fallback already sends to PPO; it matters for the constant recipe gamma
+    (A >= 0, pi <= 0.001). A guided token with A < 0 and pi < 0.01 falls back to PPO: pushing down an
+    already-unlikely token with an unclipped, gamma-boosted gradient is what the recipe avoids.
+
+    The denominator is additionally floored at the dtype's smallest normal number, so a probability that
+    underflows to exactly 0 yields a loss and gradient of 0 instead of 0/0 = NaN (which would poison the
+    backward pass even on tokens that end up taking the PPO branch).
+    """
+    pi = logp.exp()
+    pi_sg = pi.detach()
+    gamma = aas_gamma(advantages, gamma_mode)
+    denom = pi_sg + gamma
+    denom = torch.where(
+        denom <= 0, pi_sg * AAS_GUARD_LOW, torch.where(denom > 1, pi_sg * AAS_GUARD_HIGH, denom)
+    )
+    denom = denom.clamp_min(torch.finfo(denom.dtype).tiny)
+    loss = -advantages * pi / denom
+    weight = pi_sg / denom
+    fallback = (advantages < 0) & (pi_sg < AAS_FALLBACK_PROB)
+    return ShapedTerms(loss=loss, weight=weight, fallback=fallback)
+
+
+@register_shaping("aas")
+def aas_shaping(logp: torch.Tensor, advantages: torch.Tensor) -> ShapedTerms:
+    """Advantage-Aware Shaping with gamma interpolated in A (the method as the paper describes it)."""
+    return _aas_terms(logp, advantages, "interpolate")
+
+
+@register_shaping("aas-recipe")
+def aas_recipe_shaping(logp: torch.Tensor, advantages: torch.Tensor) -> ShapedTerms:
+    """Advantage-Aware Shaping with the recipe's effective constant gamma = -0.001 (reproduces its bug)."""
+    return _aas_terms(logp, advantages, "recipe")
+
+
+@register_shaping("luffy")
+def luffy_shaping(logp: torch.Tensor, advantages: torch.Tensor) -> ShapedTerms:
+    """LUFFY's ``-A * pi / (pi + 0.1)``, gradient flowing through numerator *and* denominator.
+
+    ``d/dpi [pi / (pi + 0.1)] = 0.1 / (pi + 0.1)^2`` and ``grad pi = pi * grad log pi``, hence
+    ``c = 0.1 * pi / (pi + 0.1)^2``: it emphasises low-probability tokens relative to likely ones. LUFFY
+    has no guards and no fallback; ``pi + 0.1 >= 0.1`` is always safe.
+    """
+    pi = logp.exp()
+    loss = -advantages * pi / (pi + LUFFY_GAMMA)
+    pi_sg = pi.detach()
+    weight = LUFFY_GAMMA * pi_sg / (pi_sg + LUFFY_GAMMA) ** 2
+    return ShapedTerms(loss=loss, weight=weight, fallback=torch.zeros_like(logp, dtype=torch.bool))
+
+
+@register_shaping("none")
+def no_shaping(logp: torch.Tensor, advantages: torch.Tensor) -> None:
+    """Ablation: guided tokens get the same PPO-clip loss as the student's own tokens."""
+    del logp, advantages
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# aggregations
+# ---------------------------------------------------------------------------------------------------------
+
+Aggregation = Callable[[torch.Tensor, torch.Tensor, float | None], torch.Tensor]
+
+AGGREGATIONS: dict[str, Aggregation] = {}
+"""name -> ``fn(loss_mat (B, T), mask (B, T) bool, normalizer) -> scalar``."""
+
+
+def register_aggregation(name: str) -> Callable[[F], F]:
+    """Decorator filing a loss aggregation under ``name`` in :data:`AGGREGATIONS`."""
+    return register(AGGREGATIONS, "aggregation", name)  # type: ignore[arg-type]
+
+
+def _check_normalizer(normalizer: float | None, default: float) -> float:
+    """Explicit normalizers must be positive; the default is floored at 1 so empty masks give 0, not NaN."""
+    if normalizer is None:
+        return max(float(default), 1.0)
+    if not normalizer > 0:
+        raise ValueError(f"normalizer must be > 0, got {normalizer}")
+    return float(normalizer)
+
+
+@register_aggregation("token-mean")
+def token_mean(loss_mat: torch.Tensor, mask: torch.Tensor, normalizer: float | None = None) -> torch.Tensor:
+    """Mean over all response tokens of the (mini-)batch: every token weighs the same (the recipe's choice).
+
+    With gradient accumulation the caller passes the mini-batch's total token count as ``normalizer`` so
+    that the micro-batch losses add up to exactly the mini-batch token-mean; dividing each micro-batch by
+    its own count would over-weight tokens of short micro-batches.
+    """
+    total = torch.where(mask, loss_mat, 0.0).sum()
+    return total / _check_normalizer(normalizer, mask.sum().item())
+
+
+@register_aggregation("seq-mean-token-mean")
+def seq_mean_token_mean(
+    loss_mat: torch.Tensor, mask: torch.Tensor, normalizer: float | None = None
+) -> torch.Tensor:
+    """Mean over sequences of each sequence's token mean: every rollout weighs the same, however long.
+
+    ``normalizer`` is the number of sequences of the mini-batch (default: the rows of this tensor,
+    fully padded rows included; they contribute 0).
+    """
+    per_seq_sum = torch.where(mask, loss_mat, 0.0).sum(dim=-1)
+    per_seq_count = mask.sum(dim=-1).clamp_min(1)
+    return (per_seq_sum / per_seq_count).sum() / _check_normalizer(normalizer, loss_mat.shape[0])
+
+
+@register_aggregation("seq-mean-token-sum-norm")
+def seq_mean_token_sum_norm(
+    loss_mat: torch.Tensor, mask: torch.Tensor, normalizer: float | None = None
+) -> torch.Tensor:
+    """Dr. GRPO's aggregation: each sequence's token *sum* divided by the constant T, then averaged.
+
+    T is the tensor's column count (the padded response length), the same for every sequence, so unlike
+    a per-sequence mean this does not up-weight the tokens of short responses (Dr. GRPO's length-bias
+    fix). Note that T therefore depends on how the batch was padded; callers wanting a fixed constant
+    should pad to the maximum response length. ``normalizer`` is the number of sequences of the
+    mini-batch (default: rows of this tensor).
+    """
+    per_seq_sum = torch.where(mask, loss_mat, 0.0).sum(dim=-1)
+    num_cols = max(loss_mat.shape[-1], 1)
+    return (per_seq_sum / num_cols).sum() / _check_normalizer(normalizer, loss_mat.shape[0])
+
+
+def aggregate(
+    loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, normalizer: float | None = None
+) -> torch.Tensor:
+    """Reduce a (B, T) per-token loss to a scalar with the registered aggregation ``mode``.
+
+    ``mask`` may be bool or float; any nonzero entry counts as a token. Masked-out entries are *selected
+    away* (not multiplied by 0), so inf/NaN values in padding cannot leak into the result.
+    """
+    fn = lookup(AGGREGATIONS, "aggregation", mode)
+    if loss_mat.shape != mask.shape:
+        raise ValueError(f"loss_mat {tuple(loss_mat.shape)} and mask {tuple(mask.shape)} differ in shape")
+    if loss_mat.dim() != 2:
+        raise ValueError(f"loss_mat must be (B, T), got shape {tuple(loss_mat.shape)}")
+    return fn(loss_mat, mask != 0, normalizer)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the policy loss
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LossOutput:
+    """Scalar loss to call ``backward`` on, plus detached float metrics for logging.
+
+    ``metrics["pg_loss"]`` is aggregated exactly like ``loss`` (same mode and normalizer) so that it adds
+    up over micro-batches the same way; the fractions, means and counts describe this call's tokens only.
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def ppo_clip_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token PPO clipped surrogate ``max(-A * rho, -A * clamp(rho, 1 - clip_low, 1 + clip_high))``.
+
+    ``advantages`` must broadcast against ``logp`` (e.g. (B, 1)). Returns ``(loss, ratio, clipped)``,
+    where ``clipped`` is True where the clipped branch is strictly larger, i.e. where clipping zeroed the
+    gradient. Separate ``clip_low``/``clip_high`` allow DAPO-style asymmetric ("clip-higher") ranges.
+    """
+    log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped_branch = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    return torch.maximum(unclipped, clipped_branch), ratio, clipped_branch > unclipped
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean of ``values`` over ``mask`` as a Python float; 0.0 for an empty mask (never NaN)."""
+    count = int(mask.sum().item())
+    if count == 0:
+        return 0.0
+    return float(torch.where(mask, values, 0.0).sum().item() / count)
+
+
+METRIC_NAMES = ("pg_loss", "clip_fraction", "ratio_mean", "shaped_token_fraction", "shaped_weight_mean",
+                "fallback_token_count")
+"""The metrics :func:`policy_loss` always returns (``kl`` too when a reference is given)."""
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    guided_mask: torch.Tensor,
+    *,
+    shaping: str = "aas",
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    aggregation: str = "token-mean",
+    normalizer: float | None = None,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    token_weight: torch.Tensor | None = None,
+) -> LossOutput:
+    """ThinkTuning's policy loss over a (micro-)batch of rollouts.
+
+    Args:
+        logp: (B, T) log-probabilities of the response tokens under the current policy (with grad).
+        old_logp: (B, T) log-probabilities under the policy that sampled / scored the batch (pi_old). The
+            ratio to it is used for ordinary tokens only; shaped guided tokens ignore it.
+        advantages: (B,) one advantage per rollout, broadcast over its tokens.
+        response_mask: (B, T) bool/float, nonzero on real response tokens, 0 on padding.
+        guided_mask: (B, T) bool/float, nonzero on tokens that get the shaped objective. Which tokens those
+            are (the whole guided rollout, as in the recipe, or only the teacher's tokens) is decided by
+            the caller. Entries outside ``response_mask`` are ignored.
+        shaping: a name in :data:`SHAPINGS` ("aas", "aas-recipe", "luffy", "none").
+        clip_low, clip_high: PPO clip range ``[1 - clip_low, 1 + clip_high]`` for ordinary tokens.
+        aggregation: a name in :data:`AGGREGATIONS`.
+        normalizer: passed to the aggregation; with gradient accumulation, the mini-batch's token count
+            ("token-mean") or sequence count (the "seq-*" modes) so micro-batch losses sum correctly.
+        ref_logp: (B, T) reference-policy log-probabilities for the optional KL penalty.
+        kl_coef: weight of the k3 KL estimate ``exp(ref - logp) - (ref - logp) - 1`` added to every
+            response token's loss (``ref - logp`` clamped to +-20 so ``exp`` cannot overflow). The method
+            itself uses none (0.0).
+        token_weight: (B, T) optional per-token factor on the policy-gradient term (no gradient through it): the
+            truncated importance ratio pi_old / pi_sampler when another engine (vLLM) sampled the tokens.
+
+    Returns:
+        :class:`LossOutput` with the scalar loss and metrics ``pg_loss``, ``clip_fraction`` (over tokens
+        that took the PPO loss, guided fallbacks included), ``ratio_mean`` (over all response tokens),
+        ``shaped_token_fraction`` (shaped / response tokens), ``shaped_weight_mean`` (mean gradient
+        coefficient ``c`` over shaped tokens, 0.0 if none), ``fallback_token_count`` and, when
+        ``ref_logp`` is given, ``kl`` (token mean of the k3 estimate).
+
+    Inputs at padding positions may hold anything (including -inf or NaN): they are replaced by 0 before
+    any arithmetic, so neither the loss nor the gradient can pick up NaN from padding. Computation runs in
+    at least float32, since ``pi + 0.001`` is not representable in bfloat16 for most pi.
+    """
+    shaping_fn = lookup(SHAPINGS, "shaping", shaping)
+    lookup(AGGREGATIONS, "aggregation", aggregation)
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be (B, T), got shape {tuple(logp.shape)}")
+    named = {"old_logp": old_logp, "response_mask": response_mask, "guided_mask": guided_mask}
+    if ref_logp is not None:
+        named["ref_logp"] = ref_logp
+    if token_weight is not None:
+        named["token_weight"] = token_weight
+    for name, tensor in named.items():
+        if tensor.shape != logp.shape:
+            raise ValueError(
+                f"{name} has shape {tuple(tensor.shape)}, expected {tuple(logp.shape)} like logp"
+            )
+    if advantages.shape != (logp.shape[0],):
+        raise ValueError(f"advantages must have shape ({logp.shape[0]},), got {tuple(advantages.shape)}")
+    if not 0.0 <= clip_low < 1.0 or clip_high < 0.0:
+        raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {clip_low}, {clip_high}")
+    if kl_coef < 0.0 or math.isnan(kl_coef):
+        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+    if kl_coef > 0.0 and ref_logp is None:
+        raise ValueError("kl_coef > 0 needs ref_logp")
+
+    dtype = torch.promote_types(logp.dtype, torch.float32)
+    mask = response_mask != 0
+    guided = (guided_mask != 0) & mask
+
+    def clean(t: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask, t.to(dtype), 0.0)
+
+    logp_c = clean(logp)
+    old_c = clean(old_logp.detach())
+    adv = advantages.detach().to(dtype).unsqueeze(-1)
+
+    ppo, ratio, clipped = ppo_clip_loss(logp_c, old_c, adv, clip_low, clip_high)
+
+    terms = shaping_fn(logp_c, adv)
+    if terms is None:
+        shaped = torch.zeros_like(mask)
+        fallback = torch.zeros_like(mask)
+        pg_mat = ppo
+        shaped_weight_mean = 0.0
+    else:
+        shaped = guided & ~terms.fallback
+        fallback = guided & terms.fallback
+        pg_mat = torch.where(shaped, terms.loss, ppo)
+        shaped_weight_mean = _masked_mean(terms.weight, shaped)
+    ppo_tokens = mask & ~shaped
+
+    if token_weight is not None:
+        pg_mat = pg_mat * clean(token_weight.detach())
+    pg_loss = aggregate(pg_mat, mask, aggregation, normalizer)
+    loss = pg_loss
+    metrics: dict[str, float] = {
+        "pg_loss": float(pg_loss.detach().item()),
+        "clip_fraction": _masked_mean(clipped.to(dtype), ppo_tokens),
+        "ratio_mean": _masked_mean(ratio.detach(), mask),
+        "shaped_token_fraction": _masked_mean(shaped.to(dtype), mask),
+        "shaped_weight_mean": shaped_weight_mean,
+        "fallback_token_count": float(fallback.sum().item()),
+    }
+
+    if ref_logp is not None:
+        delta = (clean(ref_logp.detach()) - logp_c).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        kl_mat = delta.exp() - delta - 1.0
+        metrics["kl"] = _masked_mean(kl_mat.detach(), mask)
+        if kl_coef > 0.0:
+            loss = loss + kl_coef * aggregate(kl_mat, mask, aggregation, normalizer)
+
+    return LossOutput(loss=loss, metrics=metrics)

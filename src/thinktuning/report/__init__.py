@@ -1,0 +1,1 @@
+"""The HTML report of run folders (html) and its plots (plots)."""

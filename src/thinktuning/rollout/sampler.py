@@ -1,0 +1,115 @@
+"""Student rollouts on transformers: batched sampling that returns token ids and each sampled token's log-probability.
+
+We drive the KV-cache loop ourselves instead of calling ``model.generate`` because RL needs, per sampled token,
+its log-probability under the sampling distribution, and ``generate`` only offers full-vocabulary scores for
+every step (hundreds of MB for a batch). The loop is the one ``generate`` runs: left-padded prompts, explicit
+position ids so padding does not shift positions, a KV cache, stop at end-of-turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from thinktuning.rollout.decoding import buffered_cache, decode_linears, draw, fill_holes, top_p_filter
+from thinktuning.rollout.types import Rollout
+from thinktuning.tensors import left_pad, positions_from_mask
+
+
+@torch.no_grad()
+def sample(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+    batch_size: int = 32,
+    compact: bool = True,
+) -> list[Rollout]:
+    """Sample one response per prompt (repeat a prompt G times for a group), in batches of ``batch_size``.
+
+    A row ends at ``eos_id`` or after ``max_new_tokens``. The per-token log-probs are recorded under the
+    temperature but before top-p, i.e. of the policy the trainer scores (the teacher decodes with
+    :class:`DecodeSession`, which adds stop strings and a repetition penalty).
+
+    ``compact`` drops a row from the batch (and its KV cache) once it has ended, so the remaining decode steps
+    compute only the rows still writing; ``False`` keeps the batch whole to the end (padding the ended rows), as
+    ``model.generate`` does. Both sample from the same distribution; with the same generator they draw different
+    samples, since the ended rows no longer consume random numbers.
+    """
+    out: list[Rollout] = []
+    with decode_linears(model):
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            out.extend(
+                _sample_batch(
+                    model, chunk, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator, compact
+                )
+            )
+    return out
+
+
+def _sample_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator, compact):
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    pos = positions_from_mask(mask)
+    cache = buffered_cache()
+    n = ids.shape[0]
+    tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long)
+    logps = torch.zeros((n, max_new_tokens), dtype=torch.float32)
+    lengths = torch.full((n,), max_new_tokens, dtype=torch.long)
+    done = torch.zeros(n, dtype=torch.bool)
+    live = torch.arange(n)  # the original index of each row in the batch (all of them, unless compacting)
+    step_in, step_pos = ids, pos
+    for t in range(max_new_tokens):
+        logits = model(
+            input_ids=step_in, attention_mask=mask, position_ids=step_pos,
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        ).logits[:, -1, :].float()
+        logp_full = torch.log_softmax(logits / temperature, dim=-1)
+        if greedy:
+            nxt = logp_full.argmax(-1)
+        else:
+            probs = torch.softmax(top_p_filter(logits / temperature, top_p), dim=-1)
+            nxt = draw(probs, generator).to(device)
+        ended = done[live]  # rows that ended earlier (only without compaction): they are fed padding
+        nxt = torch.where(ended.to(device), torch.full_like(nxt, pad_id), nxt)
+        nxt_cpu = nxt.cpu()
+        tokens[live, t] = nxt_cpu
+        logps[live, t] = logp_full.gather(-1, nxt[:, None]).squeeze(1).cpu()
+        newly = (nxt_cpu == eos_id) & ~ended
+        lengths[live[newly]] = t + 1
+        done[live[newly]] = True
+        if bool(done.all()):
+            break
+        step_in = nxt[:, None]
+        step_pos = step_pos[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
+        if compact and bool(newly.any()):
+            keep = torch.tensor(fill_holes(newly.tolist()), dtype=torch.long)
+            cache.batch_select_indices(keep.to(device))
+            live, step_in, step_pos, mask = live[keep], step_in[keep], step_pos[keep], mask[keep]
+    if was_training:
+        model.train()
+    rollouts = []
+    for i, prompt in enumerate(prompts):
+        k = int(lengths[i])
+        rollouts.append(
+            Rollout(
+                prompt_ids=list(prompt),
+                response_ids=tokens[i, :k].tolist(),
+                logprobs=logps[i, :k].tolist(),
+                finished=bool(done[i]),
+            )
+        )
+    return rollouts
+

@@ -1,0 +1,98 @@
+"""The guidance step with I/O (guide.py): what the teacher is shown, and how its answers are applied."""
+
+from __future__ import annotations
+
+import pytest
+
+from thinktuning.config.load import load_config
+from thinktuning.data.examples import Example
+from thinktuning.guidance.guide import Guide, TeacherWatch
+from thinktuning.rollout.types import Trajectory
+from thinktuning.teacher.base import TeacherCase, TeacherResult
+from thinktuning.teacher.prompt import parse_feedback
+
+GOOD = ("<opinion>incorrect</opinion><reason>Wait, 3 + 4 is 7, not 8.</reason>"
+        "<phrase>The final answer is \\boxed{7}.</phrase>")
+
+
+class RecordingTeacher:
+    """A real (if trivial) backend: answers every case with fixed tagged text, and keeps what it was shown."""
+
+    name = "recording"
+
+    def __init__(self, raw: str | None = GOOD, extra: int = 0) -> None:
+        self.raw, self.extra, self.seen = raw, extra, []
+
+    def feedback(self, cases: list[TeacherCase]) -> list[TeacherResult]:
+        self.seen.extend(cases)
+        out = [TeacherResult(parse_feedback(self.raw), self.raw) if self.raw else TeacherResult(None, "", "down")
+               for _ in cases]
+        return out + out[: self.extra]
+
+    def context(self):
+        return None
+
+
+def _seq(tok, text: str, correct: float = 0.0) -> Trajectory:
+    ex = Example("a-1", "What is 3 + 4?", "What is 3 + 4?\n\nThink.", "7", solution="3 + 4 = 7.")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return Trajectory(ex, 0, [1, 2], ids, True, student_correct=correct, teacher_mask=[0] * len(ids))
+
+
+@pytest.mark.parametrize(("sees", "reference", "kind", "answer"), [
+    ("none", None, "answer", None),
+    ("answer", "7", "answer", "7"),
+    ("solution", "3 + 4 = 7.\nFinal answer: 7", "solution", "7"),
+])
+def test_cases_show_the_teacher_only_what_sees_reference_allows(smol_tokenizer, sees, reference, kind, answer):
+    cfg = load_config("cpu-demo", [f"teacher.sees_reference={sees}"])
+    guide = Guide(cfg, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id, lambda s, k: None)
+    (case,) = guide.cases([_seq(smol_tokenizer, "3 + 4 = 8", correct=0.0)])
+    assert (case.reference, case.reference_kind, case.answer) == (reference, kind, answer)
+    assert case.response == "3 + 4 = 8"
+    # the scripted research teacher's inputs are always there; model/server teachers never read them
+    assert (case.solution, case.gold_answer, case.student_correct) == ("3 + 4 = 7.", "7", False)
+
+
+def test_feedback_is_spliced_and_recorded(smol_tokenizer):
+    cfg = load_config("cpu-demo")
+    guide = Guide(cfg, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id, lambda s, k: None)
+    s = _seq(smol_tokenizer, "3 + 4 = 8")
+    guide([s], 0)
+    assert s.guided and s.opinion == "incorrect" and s.finished and not s.no_feedback
+    text = smol_tokenizer.decode(s.response_ids, skip_special_tokens=True)
+    start, end = s.teacher_span
+    assert "Wait, 3 + 4 is 7" in text[start:end] and text[end - 1] == "."
+    assert sum(s.teacher_mask) > 0 and len(s.teacher_mask) == len(s.response_ids)
+
+
+def test_a_failed_request_leaves_the_rollout_unguided_and_keeps_the_error(smol_tokenizer):
+    cfg = load_config("cpu-demo")
+    guide = Guide(cfg, RecordingTeacher(raw=None), smol_tokenizer, smol_tokenizer.eos_token_id, lambda s, k: None)
+    s = _seq(smol_tokenizer, "3 + 4 = 8")
+    before = list(s.response_ids)
+    guide([s], 0)
+    assert s.no_feedback and not s.guided and s.response_ids == before and s.teacher_error == "down"
+
+
+def test_a_backend_returning_the_wrong_number_of_results_is_an_error(smol_tokenizer):
+    cfg = load_config("cpu-demo")
+    guide = Guide(cfg, RecordingTeacher(extra=1), smol_tokenizer, smol_tokenizer.eos_token_id, lambda s, k: None)
+    with pytest.raises(RuntimeError, match="returned 2 results for 1 requests"):
+        guide([_seq(smol_tokenizer, "x")], 0)
+
+
+def test_student_continuation_is_handed_back_to_the_trainer(smol_tokenizer):
+    cfg = load_config("cpu-demo", ["guidance.continuation=student"])
+    handed = []
+    guide = Guide(cfg, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id,
+                  lambda seqs, step: handed.append((len(seqs), step)))
+    guide([_seq(smol_tokenizer, "3 + 4 = 8")], 3)
+    assert handed == [(1, 3)]
+
+
+def test_watch_names_the_last_errors(caplog):
+    watch = TeacherWatch(silent_steps=1)
+    with caplog.at_level("WARNING", logger="thinktuning.guidance.guide"):
+        watch([TeacherResult(None, "", "connection refused")], 0)
+    assert "seems broken (last errors: connection refused)" in caplog.text

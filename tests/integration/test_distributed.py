@@ -1,0 +1,185 @@
+"""Several processes: groups dealt out whole, the loss normaliser's arithmetic, and a real 2-process run.
+
+The run is ``accelerate launch --cpu --num_processes 2`` (gloo) of the real CLI on the tiny random student of
+test_trainer.py, compared with the same config run in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.train.test_trainer import FORCE_GUIDANCE, _tiny_student
+from thinktuning import ThinkTuningTrainer, load_config
+from thinktuning.errors import ConfigError
+from thinktuning.objective.loss import policy_loss
+from thinktuning.run.folder import read_jsonl
+from thinktuning.train import distributed
+
+# ------------------------------------------------------------------------------------------- pure functions
+
+
+def test_groups_are_dealt_round_robin_whole_and_disjoint():
+    assert distributed.my_groups(6, 0, 2) == [0, 2, 4]
+    assert distributed.my_groups(6, 1, 2) == [1, 3, 5]
+    assert distributed.my_groups(4, 0, 1) == [0, 1, 2, 3]
+    shares = [distributed.my_groups(12, r, 4) for r in range(4)]
+    assert sorted(g for s in shares for g in s) == list(range(12)) and {len(s) for s in shares} == {3}
+
+
+def test_world_size_must_divide_the_prompt_counts():
+    distributed.check_world(4, None, 2)
+    distributed.check_world(3, None, 1)
+    with pytest.raises(ConfigError, match=r"rollout\.prompts_per_step=3 must be divisible by the number of proc"):
+        distributed.check_world(3, None, 2)
+    with pytest.raises(ConfigError, match=r"optim\.mini_batch_prompts=1 must be divisible"):
+        distributed.check_world(4, 1, 2)
+
+
+def test_backends_that_shard_parameters_are_refused():
+    distributed.check_backend("MULTI_GPU", None)
+    distributed.check_backend("MULTI_CPU", None)
+    distributed.check_backend("DEEPSPEED", 2)
+    for kind, stage in (("FSDP", None), ("DEEPSPEED", 3)):
+        with pytest.raises(ConfigError, match=r"not supported yet: it shards the parameters"):
+            distributed.check_backend(kind, stage)
+
+
+def test_rank_seeds_differ_but_rank_0_keeps_the_single_process_seed():
+    assert distributed.rank_seed(12345, 0) == 12345 and distributed.rank_salt(0) == ""
+    seeds = {distributed.rank_seed(base, r) for base in range(50) for r in range(8)}
+    assert len(seeds) == 400
+    assert distributed.rank_salt(1) != distributed.rank_salt(2)
+
+
+def _rank_batch(lengths: list[int], width: int, seed: int):
+    """A rank's micro-batch: log-probs as leaf tensors (the 'parameters'), padded to ``width``."""
+    g = torch.Generator().manual_seed(seed)
+    logp = (-torch.rand((len(lengths), width), generator=g) * 3).requires_grad_()
+    mask = torch.zeros((len(lengths), width))
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    adv = torch.randn(len(lengths), generator=g)
+    guided = torch.zeros_like(mask)
+    guided[0, : lengths[0]] = 1  # one guided rollout per rank: the shaped objective is covered too
+    return logp, mask, adv, guided
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean"])
+def test_normaliser_makes_the_ddp_average_the_global_gradient(aggregation):
+    """Two ranks with different token counts (3 + 5 tokens vs 8 + 2 + 7): DDP's mean of their gradients with
+    normaliser ``global_count / 2`` equals the gradient of one process holding both ranks' sequences."""
+    width = 8
+    ranks = [_rank_batch([3, 5], width, 0), _rank_batch([8, 2, 7], width, 1)]
+
+    def loss(logp, mask, adv, guided, norm):
+        return policy_loss(logp, logp.detach(), adv, mask, guided, aggregation=aggregation, normalizer=norm).loss
+
+    def count(mask):
+        return float(mask.sum()) if aggregation == "token-mean" else float(mask.shape[0])
+
+    total = sum(count(r[1]) for r in ranks)  # what all_sum gives every rank
+    norm = distributed.loss_normalizer(total, 2)
+    assert norm == total / 2
+    per_rank = [torch.autograd.grad(loss(*r, norm), r[0])[0] for r in ranks]
+
+    # one process, both ranks' sequences in one batch, its own normaliser
+    logp = torch.cat([r[0] for r in ranks]).detach().requires_grad_()
+    mask, adv, guided = (torch.cat([r[i] for r in ranks]) for i in (1, 2, 3))
+    single = torch.autograd.grad(loss(logp, mask, adv, guided, total), logp)[0]
+    # DDP averages each parameter's gradient over ranks; here rank r's parameters are its own rows, and the
+    # other rank contributes zero to them, so the average is the rank's gradient / 2
+    assert torch.allclose(torch.cat(per_rank) / 2, single, atol=1e-7)
+    # dividing by the rank's own count instead would weight the rank with fewer tokens more
+    own = [torch.autograd.grad(loss(*r, count(r[1])), r[0])[0] for r in ranks]
+    assert not torch.allclose(torch.cat(own) / 2, single, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ a 2-process run
+
+SETS = [
+    "rollout.prompts_per_step=4", "rollout.group_size=4", "rollout.max_new_tokens=24", "teacher.max_reason_tokens=6",
+    "teacher.max_phrase_tokens=6", "optim.lr=1e-3", "optim.micro_batch_size=4", "data.levels=1", "data.limit=32",
+]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_args(config: Path, run: Path) -> list[str]:
+    args = ["-m", "thinktuning.cli", "train", "--config", str(config), "--output-dir", str(run), "--max-steps", "2"]
+    for item in SETS:
+        args += ["--set", item]
+    return args
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from thinktuning.models.load import load_tokenizer
+    from thinktuning.models.resolve import resolve
+
+    root = tmp_path_factory.mktemp("dist")
+    student = _tiny_student(root / "student", load_tokenizer(resolve("smollm2-135m-instruct")))
+    config = root / "tiny.yaml"  # a YAML config file (forced guidance), with the sizes as --set: both CLI paths
+    guidance = "".join(f"  {item.split('.', 1)[1].replace('=', ': ')}\n" for item in FORCE_GUIDANCE)
+    config.write_text(f"model:\n  student: {student}\nteacher:\n  sees_reference: solution\nguidance:\n{guidance}")
+    two, one = root / "two", root / "one"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port())]
+    proc = subprocess.run([*launch, *_train_args(config, two)], env=ENV, capture_output=True, text=True, timeout=300)
+    # the same config in one process, in this one (no second interpreter start-up), on one thread like the others
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ThinkTuningTrainer(load_config(str(config), SETS, output_dir=str(one), max_steps=2)).train()
+    finally:
+        torch.set_num_threads(threads)
+    return {"two": two, "one": one, "two proc": proc}
+
+
+def test_two_processes_write_one_run_folder(runs):
+    proc = runs["two proc"]
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("done: ") == 1, "only the main process reports"
+    run = runs["two"]
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "rollouts.jsonl"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002"]
+    assert (run / "checkpoints" / "step-000002" / "model.safetensors").is_file()
+
+
+def test_two_processes_log_every_group_of_both_ranks(runs):
+    two, one = read_jsonl(runs["two"] / "metrics.jsonl"), read_jsonl(runs["one"] / "metrics.jsonl")
+    assert [m["step"] for m in two] == [1, 2]
+    assert [set(m) for m in two] == [set(m) for m in one]
+    rollouts = read_jsonl(runs["two"] / "rollouts.jsonl")
+    single = read_jsonl(runs["one"] / "rollouts.jsonl")
+    assert len(rollouts) == len(single) == 2 * 4 * 4
+    assert sum(m["guidance/guided"] for m in two) > 0
+    for step, m in zip((1, 2), two, strict=True):
+        rs = [r for r in rollouts if r["step"] == step]
+        assert [r["index"] for r in rs] == list(range(16))
+        assert [r["group"] for r in rs] == [j for j in range(4) for _ in range(4)]
+        # the same prompts in the same groups as the single-process run: groups were dealt out, never split
+        assert [r["example_id"] for r in rs] == [r["example_id"] for r in single if r["step"] == step]
+        for j in range(4):  # GRPO advantages are per group: they sum to zero within each group
+            assert abs(sum(r["advantage"] for r in rs if r["group"] == j)) < 1e-4
+        # metrics are of all 16 rollouts of both ranks
+        rewards = [r["reward"] for r in rs]
+        assert m["reward/mean"] == pytest.approx(sum(rewards) / 16, abs=1e-6)
+        assert m["reward/std"] == pytest.approx(float(torch.tensor(rewards).std()), abs=1e-6)
+        assert m["guidance/guided"] == sum(r["guided"] for r in rs)
+        assert m["response_length/mean"] == pytest.approx(sum(r["response_tokens"] for r in rs) / 16)
+        assert 0.0 <= m["reward/mean"] <= 1.0 and m["reward/std"] >= 0.0
+        assert all(isinstance(m[k], float) and m[k] == m[k] for k in ("loss", "grad_norm"))

@@ -1,0 +1,214 @@
+"""End to end on the embedded SmolLM2-135M: one real ThinkTuning step and one plain GRPO step."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from thinktuning import ThinkTuningTrainer, load_config
+from thinktuning.run.folder import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "rollout.prompts_per_step=2",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=64",
+    "teacher.max_reason_tokens=12",
+    "teacher.max_phrase_tokens=12",
+    "optim.micro_batch_size=4",
+    "data.levels=1",
+    "save_every=0",
+]
+FORCE_GUIDANCE = ["guidance.schedule=constant", "guidance.p_start=1.0", "guidance.cutoff_epsilon=null"]
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_one_guided_step_end_to_end(tmp_path):
+    cfg = load_config("cpu-demo", [*SMALL, *FORCE_GUIDANCE], output_dir=str(tmp_path / "run"), max_steps=1)
+    trainer = ThinkTuningTrainer(cfg)
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    history = trainer.train()
+    (m,) = history
+    assert math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])
+    assert m["guidance/guided"] >= 1, "forced guidance produced no guided rollout"
+    assert m["guidance/teacher_token_fraction"] > 0
+    assert m["guidance/guided"] + m["guidance/no_feedback"] <= 8
+    changed = [k for k, v in trainer.model.named_parameters() if not torch.equal(v.detach(), before[k])]
+    assert changed, "no weight changed after a guided step"
+
+    run = tmp_path / "run"
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "rollouts.jsonl"):
+        assert (run / name).is_file(), name
+    ckpt = run / "checkpoints" / "step-000001"
+    for name in ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "trainer_state.json"):
+        assert (ckpt / name).is_file(), name
+    saved = _weights(ckpt)
+    name = changed[0]
+    assert torch.equal(saved[name], trainer.model.state_dict()[name])
+
+    info = json.loads((run / "run.json").read_text())
+    assert any("sees_reference" in d for d in info["deviations_from_paper"])
+    (metrics,) = read_jsonl(run / "metrics.jsonl")
+    assert metrics["step"] == 1 and metrics["guidance/guided"] == m["guidance/guided"]
+    rollouts = read_jsonl(run / "rollouts.jsonl")
+    assert len(rollouts) == 8
+    guided = [r for r in rollouts if r["guided"]]
+    assert len(guided) == m["guidance/guided"]
+    for r in guided:
+        start, end = r["teacher_span"]
+        assert 0 <= start < end == len(r["response"])
+        assert r["opinion"] in ("correct", "incorrect")
+        assert "\\boxed{" in r["response"][start:]
+        # the teacher saw the reference and closes with it: the guided rollout is correct
+        assert r["reward"] == 1.0
+
+
+def test_grpo_baseline_never_guides(tmp_path):
+    cfg = load_config("grpo-baseline", SMALL, output_dir=str(tmp_path / "run"), max_steps=1)
+    trainer = ThinkTuningTrainer(cfg)
+    assert trainer.teacher is None
+    (m,) = trainer.train()
+    assert m["guidance/guided"] == 0 and m["guidance/teacher_token_fraction"] == 0
+    assert all(not r["guided"] for r in read_jsonl(tmp_path / "run" / "rollouts.jsonl"))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Fast trainer tests on a tiny random Llama that uses the real SmolLM2 tokenizer (saved as a HF folder), so the
+# trainer runs its real code path (resolve, load, chat template, sampling, teacher, splice, loss, checkpoints).
+# --------------------------------------------------------------------------------------------------------
+
+
+def _tiny_student(folder, tokenizer) -> str:
+    """A 2-layer Llama over SmolLM2's vocabulary whose next-token distribution barely depends on context.
+
+    Near-zero attention/MLP output projections keep the residual stream close to the token embedding; one
+    embedding dimension is constant 1 and the final norm keeps only it, so the logits are (almost) a fixed
+    vector that we choose: " the" is the likeliest token (greedy teachers write a non-empty reason of it),
+    end-of-turn comes second with p ~ 0.1 (sampled rollouts end, and so are eligible for guidance, at a
+    known rate). Its 2,048-position context holds the teacher's ~1,000-token instructions plus a case: the
+    trainer refuses lengths that overflow a model's context.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.mul_(0.01)
+            layer.mlp.down_proj.weight.mul_(0.01)
+        model.model.embed_tokens.weight[:, 0] = 1.0
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+        # the final norm's input has rms ~ 1/sqrt(32) (the constant 1 dominates), so h_0 ~ 5.6: divide by it
+        scale = 1 / 5.6
+        model.lm_head.weight[:, 0] = torch.randn(len(tokenizer)) * 0.1 * scale
+        the = tokenizer(" the", add_special_tokens=False)["input_ids"][0]
+        model.lm_head.weight[the, 0] = 10.0 * scale  # p ~ e^10 / (e^10 + e^9 + 49k) ~ 0.28
+        model.lm_head.weight[2, 0] = 9.0 * scale  # end-of-turn, p ~ 0.10
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory):
+    from thinktuning.models.load import load_tokenizer
+    from thinktuning.models.resolve import resolve
+
+    tok = load_tokenizer(resolve("smollm2-135m-instruct"))
+    return _tiny_student(tmp_path_factory.mktemp("tiny-student"), tok)
+
+
+def _tiny_cfg(student: str, run, extra=()):
+    return load_config(
+        "cpu-demo",
+        [f"model.student={student}", *SMALL, "rollout.max_new_tokens=24", "teacher.max_reason_tokens=6",
+         "teacher.max_phrase_tokens=6", "optim.lr=1e-3", *FORCE_GUIDANCE, *extra],
+        output_dir=str(run), max_steps=3,
+    )
+
+
+def _comparable(history):
+    """Metrics without timings, NaN (a metric not computed that step) made comparable with itself."""
+    drop = ("time/", "reward/checker_timeouts")
+    return [{k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in m.items()
+             if not k.startswith(drop)} for m in history]
+
+
+def test_same_seed_same_run_and_exact_resume(tmp_path, tiny_student):
+    straight = ThinkTuningTrainer(_tiny_cfg(tiny_student, tmp_path / "a", ["save_every=1"])).train()
+    assert sum(m["guidance/guided"] for m in straight) > 0
+    again = ThinkTuningTrainer(_tiny_cfg(tiny_student, tmp_path / "b")).train()
+    assert _comparable(again) == _comparable(straight)
+
+    # a run that stopped after its step-2 checkpoint, resumed: the last step equals the uninterrupted one
+    import shutil
+
+    run = tmp_path / "c"
+    shutil.copytree(tmp_path / "a", run)
+    shutil.rmtree(run / "checkpoints" / "step-000003")
+    resumed = ThinkTuningTrainer(_tiny_cfg(tiny_student, run), resume=True)
+    assert resumed.start_step == 2
+    (last,) = resumed.train()
+    assert _comparable([last]) == _comparable(straight[2:])
+    steps = [m["step"] for m in read_jsonl(run / "metrics.jsonl")]
+    assert steps == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["guidance.continuation=student", "guidance.mask_scope=teacher"],
+        ["loss.shaping=luffy", "optim.mini_batch_prompts=1", "optim.ppo_epochs=2", "loss.kl_coef=0.1"],
+        ["loss.shaping=aas-recipe", "loss.aggregation=seq-mean-token-sum-norm", "teacher.sees_reference=none"],
+    ],
+)
+def test_variants_run(tmp_path, tiny_student, extra):
+    history = ThinkTuningTrainer(_tiny_cfg(tiny_student, tmp_path / "run", extra)).train()
+    assert all(math.isfinite(m["loss"]) for m in history)
+    rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
+    guided = [r for r in rollouts if r["guided"]]
+    assert guided
+    if "guidance.continuation=student" in extra:
+        # the student continues after the teacher's reason: its own tokens follow the teacher span
+        assert any(r["teacher_span"][1] < len(r["response"]) for r in guided)
+
+
+def test_skipping_zero_advantage_rows_leaves_the_update_unchanged(tmp_path, tiny_student):
+    # a reward that is 1 for even-length responses in the first group only: group 1 has signal, group 2 has
+    # advantage 0 on every row, so the skipping run leaves half the rows out of forward and backward
+    reward = tmp_path / "parity.py"
+    reward.write_text(
+        "def parity(prompts, completions, question, **kw):\n"
+        "    first = question[0]\n"
+        "    return [float(q == first and len(c) % 2 == 0) for q, c in zip(question, completions)]\n"
+    )
+    extra = [f"reward.functions=['{reward}:parity']", "guidance.enabled=false", "optim.micro_batch_size=3"]
+    runs = {}
+    for skip in (True, False):
+        cfg = _tiny_cfg(tiny_student, tmp_path / f"skip-{skip}", [*extra, f"optim.skip_zero_advantage={skip}"])
+        cfg.max_steps = 2
+        trainer = ThinkTuningTrainer(cfg)
+        runs[skip] = (trainer.train(), trainer.accelerator.unwrap_model(trainer.model).state_dict())
+    (with_skip, w_skip), (without, w_all) = runs[True], runs[False]
+    assert sum(m["loss/rows_skipped"] for m in with_skip) > 0
+    assert all(m["loss/rows_skipped"] == 0 for m in without)
+    assert sum(m["loss/padded_tokens"] for m in with_skip) < sum(m["loss/padded_tokens"] for m in without)
+    for a, b in zip(with_skip, without, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    for name, tensor in w_skip.items():
+        assert torch.allclose(tensor, w_all[name], atol=1e-6), name
