@@ -52,13 +52,13 @@ def main() -> None:
     import torch
 
     from thinktuning import ThinkTuningTrainer, load_config
-    from thinktuning.rollout import sampler as generation
-    from thinktuning.train import logprobs, trainer
+    from thinktuning.rollout import decoding, sampler
+    from thinktuning.train import logprobs, update
 
-    generation.DecodeSession.feed = timed("teacher: read case (prefill)", generation.DecodeSession.feed)
-    generation.DecodeSession.generate = timed("teacher: decode fields", generation.DecodeSession.generate)
-    trainer.sample = timed("student: sample", trainer.sample)
-    trainer.token_logprobs = timed("update: forward (log-probs)", logprobs.token_logprobs)
+    decoding.DecodeSession.feed = timed("teacher: read case (prefill)", decoding.DecodeSession.feed)
+    decoding.DecodeSession.generate = timed("teacher: decode fields", decoding.DecodeSession.generate)
+    sampler.sample = timed("student: sample", sampler.sample)
+    update.token_logprobs = timed("update: forward (log-probs)", logprobs.token_logprobs)
     with tempfile.TemporaryDirectory() as tmp:
         sets = [*TT_SETS, f"max_steps={a.steps + 1}", f"output_dir={tmp}/run", *a.set]
         sets += GUIDED_SETS if a.guided else ["guidance.enabled=false"]

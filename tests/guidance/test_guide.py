@@ -46,7 +46,7 @@ def _seq(tok, text: str, correct: float = 0.0) -> Trajectory:
 ])
 def test_cases_show_the_teacher_only_what_sees_reference_allows(smol_tokenizer, sees, reference, kind, answer):
     cfg = load_config("cpu-demo", [f"teacher.sees_reference={sees}"])
-    guide = Guide(cfg, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id, lambda s, k: None)
+    guide = Guide(cfg.guidance, cfg.teacher, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id)
     (case,) = guide.cases([_seq(smol_tokenizer, "3 + 4 = 8", correct=0.0)])
     assert (case.reference, case.reference_kind, case.answer) == (reference, kind, answer)
     assert case.response == "3 + 4 = 8"
@@ -56,7 +56,7 @@ def test_cases_show_the_teacher_only_what_sees_reference_allows(smol_tokenizer, 
 
 def test_feedback_is_spliced_and_recorded(smol_tokenizer):
     cfg = load_config("cpu-demo")
-    guide = Guide(cfg, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id, lambda s, k: None)
+    guide = Guide(cfg.guidance, cfg.teacher, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id)
     s = _seq(smol_tokenizer, "3 + 4 = 8")
     guide([s], 0)
     assert s.guided and s.opinion == "incorrect" and s.finished and not s.no_feedback
@@ -68,7 +68,7 @@ def test_feedback_is_spliced_and_recorded(smol_tokenizer):
 
 def test_a_failed_request_leaves_the_rollout_unguided_and_keeps_the_error(smol_tokenizer):
     cfg = load_config("cpu-demo")
-    guide = Guide(cfg, RecordingTeacher(raw=None), smol_tokenizer, smol_tokenizer.eos_token_id, lambda s, k: None)
+    guide = Guide(cfg.guidance, cfg.teacher, RecordingTeacher(raw=None), smol_tokenizer, smol_tokenizer.eos_token_id)
     s = _seq(smol_tokenizer, "3 + 4 = 8")
     before = list(s.response_ids)
     guide([s], 0)
@@ -77,18 +77,21 @@ def test_a_failed_request_leaves_the_rollout_unguided_and_keeps_the_error(smol_t
 
 def test_a_backend_returning_the_wrong_number_of_results_is_an_error(smol_tokenizer):
     cfg = load_config("cpu-demo")
-    guide = Guide(cfg, RecordingTeacher(extra=1), smol_tokenizer, smol_tokenizer.eos_token_id, lambda s, k: None)
+    guide = Guide(cfg.guidance, cfg.teacher, RecordingTeacher(extra=1), smol_tokenizer, smol_tokenizer.eos_token_id)
     with pytest.raises(RuntimeError, match="returned 2 results for 1 requests"):
         guide([_seq(smol_tokenizer, "x")], 0)
 
 
 def test_student_continuation_is_handed_back_to_the_trainer(smol_tokenizer):
     cfg = load_config("cpu-demo", ["guidance.continuation=student"])
-    handed = []
-    guide = Guide(cfg, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id,
-                  lambda seqs, step: handed.append((len(seqs), step)))
-    guide([_seq(smol_tokenizer, "3 + 4 = 8")], 3)
-    assert handed == [(1, 3)]
+    guide = Guide(cfg.guidance, cfg.teacher, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id)
+    s = _seq(smol_tokenizer, "3 + 4 = 8")
+    assert guide([s], 3) == [s]
+    assert guide([], 3) == []
+    teacher_cfg = load_config("cpu-demo")  # continuation=teacher: the teacher's phrase ends it, nothing to continue
+    guide = Guide(teacher_cfg.guidance, teacher_cfg.teacher, RecordingTeacher(), smol_tokenizer,
+                  smol_tokenizer.eos_token_id)
+    assert guide([_seq(smol_tokenizer, "3 + 4 = 8")], 3) == []
 
 
 def test_watch_names_the_last_errors(caplog):

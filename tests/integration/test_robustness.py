@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-import thinktuning.train.trainer as trainer_module
+import thinktuning.train.update as update_module
 from tests.run.test_checkpoint import training_parts
 from tests.train.test_trainer import _tiny_cfg, _tiny_student
 from thinktuning import ThinkTuningTrainer
@@ -48,7 +48,7 @@ def _params(trainer) -> dict[str, torch.Tensor]:
 def test_nan_loss_skips_the_whole_update_logs_it_and_training_goes_on(tmp_path, tiny_student, monkeypatch, caplog):
     run = tmp_path / "run"
     trainer = ThinkTuningTrainer(_tiny_cfg(tiny_student, run, ["save_every=1"]))
-    real_loss, real_step = trainer_module.policy_loss, trainer.step
+    real_loss, real_step = update_module.policy_loss, trainer.step
     poisoned = {"step": None}
     seen = {}
 
@@ -65,7 +65,7 @@ def test_nan_loss_skips_the_whole_update_logs_it_and_training_goes_on(tmp_path, 
         seen[i] = (before, adam, _params(trainer), {k: float(v["step"]) for k, v in trainer.optimizer.state.items()})
         return out
 
-    monkeypatch.setattr(trainer_module, "policy_loss", loss)
+    monkeypatch.setattr(update_module, "policy_loss", loss)
     monkeypatch.setattr(trainer, "step", step)
     with caplog.at_level(logging.WARNING, logger="thinktuning.train.trainer"):
         history = trainer.train()

@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from thinktuning.objective.loss import AGGREGATIONS, SHAPINGS, LossOutput, aas_gamma, aggregate, policy_loss
+from thinktuning.objective.loss import AGGREGATIONS, LossOutput, aggregate, policy_loss
+from thinktuning.objective.shaping import SHAPINGS, aas_gamma
 
 D = torch.float64
 LN2 = math.log(2.0)

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from thinktuning.rollout.vllm import checkpoint_weights, importance_weights, sampler_positions, to_rollouts
+from thinktuning.objective.importance import importance_weights, sampler_positions
+from thinktuning.rollout.vllm import checkpoint_weights, to_rollouts
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -156,14 +157,14 @@ def _diff(model, tr, rollouts) -> tuple[float, float]:
 @pytest.mark.vllm
 def test_sampling_returns_ids_and_logprobs(trainer) -> None:
     prompts = _prompts(trainer) * 2
-    rs = trainer.vllm.sample(prompts, seed=7)
+    rs = trainer.engine.sample(prompts, seed=7)
     assert [r.prompt_ids for r in rs] == prompts
     for r in rs:
         assert 1 <= len(r.response_ids) <= 16 and len(r.logprobs) == len(r.response_ids)
         assert all(lp <= 0.0 and math.isfinite(lp) for lp in r.logprobs)
         assert r.finished == (r.response_ids[-1] == trainer.eos_id)
         assert r.finished or len(r.response_ids) == 16
-    again = trainer.vllm.sample(prompts, seed=7)  # request i is seeded seed + i: a step is reproducible
+    again = trainer.engine.sample(prompts, seed=7)  # request i is seeded seed + i: a step is reproducible
     assert [r.response_ids for r in again] == [r.response_ids for r in rs]
 
 
@@ -171,9 +172,9 @@ def test_sampling_returns_ids_and_logprobs(trainer) -> None:
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_logprobs_agree_with_the_trainer(trainer) -> None:
-    rs = trainer.vllm.sample(_prompts(trainer) * 2, seed=11)
+    rs = trainer.engine.sample(_prompts(trainer) * 2, seed=11)
     mean, worst = _diff(trainer.accelerator.unwrap_model(trainer.model), trainer, rs)
-    print(f"measured: engine start {trainer.vllm.start_s:.0f} s; vLLM vs trainer log-probs at T=0.7: "
+    print(f"measured: engine start {trainer.engine.start_s:.0f} s; vLLM vs trainer log-probs at T=0.7: "
           f"mean |diff| {mean:.2e}, max {worst:.2e}")
     assert mean < MEAN_TOL and worst < MAX_TOL
 
@@ -188,17 +189,17 @@ def test_push_weights_makes_vllm_sample_from_the_updated_model(trainer) -> None:
     # one real optimizer step (AdamW on a sampled response's negative log-likelihood), large enough to be seen
     from thinktuning.train.logprobs import collate, token_logprobs
 
-    rs = trainer.vllm.sample(prompts, seed=3)
+    rs = trainer.engine.sample(prompts, seed=3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = collate([r.prompt_ids for r in rs], [r.response_ids for r in rs], trainer.pad_id)
     loss = -(token_logprobs(model, batch, 1.0).sum() / batch.response_mask.sum())
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    stale = trainer.vllm.sample(prompts, seed=5)
+    stale = trainer.engine.sample(prompts, seed=5)
     assert _diff(old, trainer, stale)[0] < MEAN_TOL  # before the push vLLM still has the old weights
-    trainer.vllm.push_weights(model)
-    fresh = trainer.vllm.sample(prompts, seed=5)
+    trainer.engine.push_weights(model)
+    fresh = trainer.engine.sample(prompts, seed=5)
     new_mean, new_max = _diff(model, trainer, fresh)
     old_mean, _ = _diff(old, trainer, fresh)
     print(f"measured: after push, vs updated model mean {new_mean:.2e} max {new_max:.2e}; "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -270,3 +271,14 @@ def load_examples(
     _check_columns(name, table)
     return _convert(name, table, limit, on_bad_row)
 
+
+def step_examples(examples: Sequence[Example], step: int, per_step: int, seed: int, shuffle: bool) -> list[Example]:
+    """The prompts of training step ``step``: a seeded permutation per epoch, so the data position is a function of
+    the step alone (exact resume needs no sampler state)."""
+    n = len(examples)
+    per_epoch = max(1, n // per_step)
+    epoch, pos = divmod(step, per_epoch)
+    order = list(range(n))
+    if shuffle:
+        random.Random(f"{seed}-epoch-{epoch}").shuffle(order)
+    return [examples[i] for i in order[pos * per_step : (pos + 1) * per_step]]

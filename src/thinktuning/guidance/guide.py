@@ -8,9 +8,8 @@ has stopped giving usable feedback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-from thinktuning.config.schema import ThinkTuningConfig
+from thinktuning.config.schema import GuidanceConfig, TeacherConfig
 from thinktuning.guidance import rules
 from thinktuning.rollout.types import Trajectory
 from thinktuning.teacher.base import Teacher, TeacherCase, TeacherResult
@@ -52,24 +51,23 @@ class TeacherWatch:
 class Guide:
     """Turns chosen rollouts into guided ones: build the teacher's cases, call it, splice, record.
 
-    ``continue_fn(seqs, step)`` lets the student write the rest on-policy after the teacher's reason
-    (``guidance.continuation=student``); it is the trainer's sampler, so this module holds no model.
+    With ``guidance.continuation=student`` the caller samples the rest on-policy after the teacher's reason: the
+    guide returns the trajectories to continue and holds no model.
     """
 
     def __init__(
         self,
-        cfg: ThinkTuningConfig,
+        guidance: GuidanceConfig,
+        teacher_cfg: TeacherConfig,
         teacher: Teacher,
         tokenizer,
         eos_id: int,
-        continue_fn: Callable[[list[Trajectory], int], None],
         watch: TeacherWatch | None = None,
     ) -> None:
-        self.cfg = cfg
+        self.guidance, self.teacher_cfg = guidance, teacher_cfg
         self.teacher = teacher
         self.tokenizer = tokenizer
         self.eos_id = eos_id
-        self.continue_fn = continue_fn
         self.watch = watch or TeacherWatch()
 
     def _decode(self, ids: list[int]) -> str:
@@ -77,7 +75,7 @@ class Guide:
 
     def cases(self, chosen: list[Trajectory]) -> list[TeacherCase]:
         """What the teacher is shown about each chosen rollout (``teacher.sees_reference`` decides the extra)."""
-        sees = self.cfg.teacher.sees_reference
+        sees = self.teacher_cfg.sees_reference
         out = []
         for s in chosen:
             ex = s.example
@@ -93,11 +91,12 @@ class Guide:
             ))
         return out
 
-    def __call__(self, chosen: list[Trajectory], step: int) -> None:
-        """Ask the teacher about each chosen rollout and splice its feedback in (or count 'no feedback')."""
+    def __call__(self, chosen: list[Trajectory], step: int) -> list[Trajectory]:
+        """Ask the teacher about each chosen rollout and splice its feedback in (or count 'no feedback'). Returns the
+        guided trajectories the student is to continue (``guidance.continuation=student``; else none)."""
         if not chosen:
-            return
-        cfg = self.cfg
+            return []
+        gd = self.guidance
         results = self.teacher.feedback(self.cases(chosen))
         if len(results) != len(chosen):
             raise RuntimeError(f"teacher backend {self.teacher.name!r} returned {len(results)} results for "
@@ -109,17 +108,16 @@ class Guide:
             if res.feedback is None:
                 s.no_feedback = True
                 continue
-            text = feedback_text(res.feedback, cfg.guidance.continuation)
+            text = feedback_text(res.feedback, gd.continuation)
             teacher_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             sp = rules.splice(
-                s.response_ids, teacher_ids, self.eos_id, max_feedback_tokens=cfg.teacher.max_feedback_tokens,
-                append_eos=cfg.guidance.continuation == "teacher",
+                s.response_ids, teacher_ids, self.eos_id, max_feedback_tokens=self.teacher_cfg.max_feedback_tokens,
+                append_eos=gd.continuation == "teacher",
             )
             student_text = self._decode(s.response_ids[: sp.student_len])
             s.response_ids, s.teacher_mask = sp.response_ids, sp.teacher_mask
             s.guided, s.opinion, s.finished = True, res.feedback.opinion, True
             s.teacher_span = (len(student_text), len(self._decode(s.response_ids)))
-            if cfg.guidance.continuation == "student":
+            if gd.continuation == "student":
                 continuing.append(s)
-        if continuing:
-            self.continue_fn(continuing, step)
+        return continuing

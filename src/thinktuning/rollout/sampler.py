@@ -8,10 +8,11 @@ position ids so padding does not shift positions, a KV cache, stop at end-of-tur
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
+from thinktuning.config.schema import RolloutConfig
 from thinktuning.rollout.decoding import buffered_cache, decode_linears, draw, fill_holes, top_p_filter
 from thinktuning.rollout.types import Rollout
 from thinktuning.tensors import left_pad, positions_from_mask
@@ -113,3 +114,27 @@ def _sample_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature, t
         )
     return rollouts
 
+
+
+class TransformersEngine:
+    """The :class:`~thinktuning.rollout.engine.RolloutEngine` over the training model itself: it samples from the
+    live weights, so ``push_weights`` has nothing to do and its log-probs are the trainer's own."""
+
+    exact_logprobs = True
+
+    def __init__(self, model_fn: Callable[[], torch.nn.Module], cfg: RolloutConfig, eos_id: int, pad_id: int) -> None:
+        self.model_fn, self.cfg, self.eos_id, self.pad_id = model_fn, cfg, eos_id, pad_id
+
+    def sample(self, prompts: Sequence[Sequence[int]], seed: int) -> list[Rollout]:
+        r = self.cfg
+        return sample(
+            self.model_fn(), prompts, max_new_tokens=r.max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
+            temperature=r.temperature, top_p=r.top_p, generator=torch.Generator().manual_seed(seed),
+            batch_size=r.batch_size,
+        )
+
+    def push_weights(self, model: torch.nn.Module) -> None:
+        del model  # the live model is sampled directly
+
+    def close(self) -> None:
+        pass

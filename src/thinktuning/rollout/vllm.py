@@ -4,9 +4,10 @@ Why vLLM: sampling is most of a GRPO step, and vLLM's paged KV cache and continu
 faster than our own transformers loop on GPUs. The cost is that vLLM holds its own copy of the student, so
 after every update the trainer's weights are pushed into it (:meth:`VLLMRollout.push_weights`), and its kernels
 compute slightly different log-probabilities than the trainer's forward pass (bf16 especially). The trainer
-keeps its own log-probs as pi_old and weights each vLLM-sampled token's loss by the truncated importance ratio
-``min(pi_old / pi_vllm, C)`` (:func:`importance_weights`), as TRL's importance-sampling correction does in its
-``token_truncate`` mode, and logs the mismatch as ``rollout/logprob_abs_diff``.
+keeps its own log-probs as pi_old, and the update weights each vLLM-sampled token's loss by the truncated
+importance ratio ``min(pi_old / pi_vllm, C)`` (:mod:`thinktuning.objective.importance`), as TRL's
+importance-sampling correction does in its ``token_truncate`` mode, and logs the mismatch as
+``rollout/logprob_abs_diff``.
 
 Two modes:
 
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from thinktuning.config.schema import ThinkTuningConfig
+from thinktuning.config.schema import ModelConfig, RolloutConfig, ThinkTuningConfig
 from thinktuning.errors import ConfigError
 from thinktuning.rollout.types import Rollout
 
@@ -56,32 +57,6 @@ def import_vllm():
 
 
 # ------------------------------------------------------------------------------------- pure helpers
-
-
-def importance_weights(
-    trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, valid: torch.Tensor, cap: float | None
-) -> tuple[torch.Tensor, float, int]:
-    """Truncated importance weights ``min(exp(trainer - sampler), cap)`` on ``valid`` tokens, 1 elsewhere.
-
-    ``valid`` marks tokens that the sampler drew (teacher tokens and padding are not). Returns the weights, the sum
-    of ``|trainer - sampler|`` over valid tokens and their count (for ``rollout/logprob_abs_diff``). ``cap=None``
-    measures the mismatch but applies no correction (all weights 1).
-    """
-    valid = valid.bool()
-    diff = torch.where(valid, trainer_logp.detach().float() - sampler_logp.float(), 0.0)
-    abs_sum = float(diff.abs().sum())
-    count = int(valid.sum())
-    if cap is None:
-        return torch.ones_like(diff), abs_sum, count
-    w = torch.where(valid, diff.clamp(max=30.0).exp().clamp(max=cap), 1.0)
-    return w, abs_sum, count
-
-
-def sampler_positions(response_ids: Sequence[int], teacher_mask: Sequence[int], n_sampled: int) -> int:
-    """How many leading response tokens are still the sampler's own: the guide keeps a prefix of the sampled
-    response and splices teacher tokens after it (anything after the first teacher token is not vLLM's)."""
-    first_teacher = next((j for j, m in enumerate(teacher_mask) if m), len(response_ids))
-    return min(n_sampled, first_teacher, len(response_ids))
 
 
 def to_rollouts(prompts: Sequence[Sequence[int]], outputs: Sequence[tuple[list[int], list[float]]],
@@ -115,14 +90,16 @@ class VLLMRollout:
     """The student's vLLM copy: ``sample`` like :func:`generation.sample`, ``push_weights`` after updates, and the
     per-step importance-correction bookkeeping."""
 
-    def __init__(self, cfg: ThinkTuningConfig, model_path: str, eos_id: int, *, device: torch.device | None = None):
+    exact_logprobs = False  # its kernels (and often its precision) differ from the trainer's forward
+
+    def __init__(self, cfg: RolloutConfig, model: ModelConfig, seed: int, model_path: str, eos_id: int, *,
+                 device: torch.device | None = None):
         self.cfg, self.eos_id = cfg, eos_id
-        r = cfg.rollout
+        r = cfg
         self.mode = r.vllm_mode
         self.device = device or torch.device("cpu")
         self.sleep = r.vllm_sleep and self.device.type == "cuda"  # vLLM's CPU worker has no sleep mode
         self._asleep = False
-        self._abs_sum, self._count, self._weight_sum, self._pushes, self._push_s = 0.0, 0, 0.0, 0, 0.0
         vllm = import_vllm()
         self.vllm = vllm
         self.llm: Any = None
@@ -130,11 +107,11 @@ class VLLMRollout:
         t0 = time.perf_counter()
         if self.mode == "colocate":
             kwargs: dict[str, Any] = dict(
-                model=model_path, tokenizer=model_path, seed=cfg.seed,
-                dtype=cfg.model.dtype if r.vllm_dtype == "auto" else r.vllm_dtype,  # vLLM's own auto: bf16 on CPU
+                model=model_path, tokenizer=model_path, seed=seed,
+                dtype=model.dtype if r.vllm_dtype == "auto" else r.vllm_dtype,  # vLLM's own auto: bf16 on CPU
                 max_model_len=r.max_prompt_length + r.max_new_tokens, enforce_eager=self.device.type != "cuda",
                 logprobs_mode="processed_logprobs",  # after temperature, like the trainer's token_logprobs
-                trust_remote_code=cfg.model.trust_remote_code, enable_prefix_caching=True,
+                trust_remote_code=model.trust_remote_code, enable_prefix_caching=True,
             )
             kv_gb = r.vllm_kv_cache_gb if r.vllm_kv_cache_gb is not None else (
                 CPU_KV_CACHE_GB if self.device.type != "cuda" else None)
@@ -148,7 +125,7 @@ class VLLMRollout:
                 # several training processes (accelerate): one engine each, inside the existing process group, as
                 # TRL's colocate mode does; untested here (no GPUs)
                 kwargs.update(distributed_executor_backend="external_launcher",
-                              seed=cfg.seed + torch.distributed.get_rank())
+                              seed=seed + torch.distributed.get_rank())
             self.llm = vllm.LLM(**kwargs)
             self.dtype = self.llm.llm_engine.model_config.dtype
         else:
@@ -170,7 +147,7 @@ class VLLMRollout:
     def sample(self, prompts: Sequence[Sequence[int]], seed: int) -> list[Rollout]:
         """One response per prompt (repeat a prompt G times for a group). Request ``i`` is seeded ``seed + i``, so
         a step's rollouts do not depend on what ran before (exact resume, as on the transformers path)."""
-        r = self.cfg.rollout
+        r = self.cfg
         if self.client is not None:
             return self._sample_server(prompts, seed)
         self._wake()
@@ -199,7 +176,7 @@ class VLLMRollout:
             self._asleep = tags is not None and "kv_cache" not in tags
 
     def _sample_server(self, prompts: Sequence[Sequence[int]], seed: int) -> list[Rollout]:
-        r = self.cfg.rollout
+        r = self.cfg
         res = self.client.generate(
             [list(p) for p in prompts], n=1, temperature=r.temperature, top_p=r.top_p,
             max_tokens=r.max_new_tokens, logprobs=0,
@@ -215,7 +192,6 @@ class VLLMRollout:
     def push_weights(self, model: torch.nn.Module) -> None:
         """Copy the trainer's current weights into vLLM. PEFT adapters are merged for the copy and unmerged after,
         so vLLM always samples from exactly the model being trained."""
-        t0 = time.perf_counter()
         merged = hasattr(model, "merge_adapter")
         if merged:
             model.merge_adapter()
@@ -237,38 +213,6 @@ class VLLMRollout:
         finally:
             if merged:
                 model.unmerge_adapter()
-        self._pushes += 1
-        self._push_s += time.perf_counter() - t0
-
-    # -------------------------------------------------------------------------- importance correction
-
-    def token_weights(self, chunk: Sequence[Any], trainer_logp: torch.Tensor) -> torch.Tensor:
-        """Per-token loss weights for a micro-batch of ``guide.Trajectory`` (layout of ``logprobs.collate``): the
-        truncated importance ratio on tokens vLLM sampled, 1 on teacher tokens, continuations and padding."""
-        sampler = torch.zeros_like(trainer_logp, dtype=torch.float32, device="cpu")
-        valid = torch.zeros_like(sampler, dtype=torch.bool)
-        for i, s in enumerate(chunk):
-            lps = s.sampler_logprobs or []
-            k = sampler_positions(s.response_ids, s.teacher_mask, len(lps))
-            sampler[i, :k] = torch.tensor(lps[:k], dtype=torch.float32)
-            valid[i, :k] = True
-        w, abs_sum, count = importance_weights(trainer_logp.detach().cpu(), sampler, valid,
-                                               self.cfg.rollout.vllm_is_cap)
-        self._abs_sum += abs_sum
-        self._count += count
-        self._weight_sum += float(torch.where(valid, w, 0.0).sum())
-        return w.to(trainer_logp.device)
-
-    def step_metrics(self) -> dict[str, float]:
-        """This step's mismatch and push numbers, then reset (called once per step)."""
-        n = max(self._count, 1)
-        out = {
-            "rollout/logprob_abs_diff": self._abs_sum / n if self._count else float("nan"),
-            "rollout/is_weight_mean": self._weight_sum / n if self._count else float("nan"),
-            "time/weight_push": self._push_s,
-        }
-        self._abs_sum, self._count, self._weight_sum, self._push_s = 0.0, 0, 0.0, 0.0
-        return out
 
     def close(self) -> None:
         """Release the engine (its KV cache is most of its memory)."""
@@ -281,6 +225,6 @@ def build(cfg: ThinkTuningConfig, model_path: str, model: torch.nn.Module, eos_i
           device: torch.device | None = None) -> VLLMRollout:
     """Start the engine from ``model_path`` (a HF folder or hub id) and push ``model``'s weights, so a resumed run,
     a LoRA student or any dtype difference starts sampling from exactly the trainer's weights."""
-    engine = VLLMRollout(cfg, model_path, eos_id, device=device)
+    engine = VLLMRollout(cfg.rollout, cfg.model, cfg.seed, model_path, eos_id, device=device)
     engine.push_weights(model)
     return engine

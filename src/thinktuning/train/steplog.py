@@ -6,6 +6,9 @@ of the trainer so that it only wires the steps together.
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -79,3 +82,24 @@ def rollout_record(step: int, index: int, s: Trajectory) -> dict[str, Any]:
         "finished": s.finished, "student_correct": s.student_correct, "reward": s.reward,
         "advantage": s.advantage, "response_tokens": len(s.response_ids),
     }
+
+
+class StepTimer:
+    """``with timer("update"): ...`` adds the block's wall time to ``time/update``; :meth:`metrics` returns every
+    phase and ``time/step``, the time since the timer was made."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.start = clock()
+        self.phases: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        t0 = self.clock()
+        try:
+            yield
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + self.clock() - t0
+
+    def metrics(self) -> dict[str, float]:
+        return {**{f"time/{k}": v for k, v in self.phases.items()}, "time/step": self.clock() - self.start}

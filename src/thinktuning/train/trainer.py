@@ -1,8 +1,8 @@
-"""The ThinkTuning training loop, one step in the order of the data flow:
+"""The ThinkTuning training loop: one step in the order of the data flow.
 
-prompts -> student rollouts -> guidance (select, teacher, splice, mask) -> rewards -> advantages -> loss ->
-update -> logs. Each arrow calls into the module named after it; this file only wires them together, owns the
-model/optimizer/accelerator, and writes the run folder.
+prompts -> 1. student rollouts -> 2. guidance (select, teacher, splice, mask) -> 3. rewards -> 4. advantages ->
+5-6. loss and update -> 7. logs. Each arrow calls into the package named after it; this file only wires them
+together, owns the model, optimizer and accelerator, and writes the run folder.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +19,28 @@ import torch
 from thinktuning.config.checks import check_context_lengths, validate
 from thinktuning.config.schema import ThinkTuningConfig
 from thinktuning.data.examples import Example
-from thinktuning.data.load import load_examples
+from thinktuning.data.load import load_examples, step_examples
 from thinktuning.errors import ConfigError, DatasetError
-from thinktuning.guidance import rules as guidance
+from thinktuning.guidance import rules
 from thinktuning.guidance.guide import Guide, TeacherWatch
 from thinktuning.models import lora
 from thinktuning.models.load import context_limit, encode_user_turns, end_of_turn_id, load_model, load_tokenizer
 from thinktuning.models.resolve import resolve
 from thinktuning.objective.advantages import compute_advantages
-from thinktuning.objective.loss import METRIC_NAMES, policy_loss
 from thinktuning.rewards.checker import AnswerChecker
 from thinktuning.rewards.functions import compute_rewards, correctness_reward, load_reward_function
-from thinktuning.rollout.sampler import sample
+from thinktuning.rollout.engine import RolloutEngine
+from thinktuning.rollout.sampler import TransformersEngine
 from thinktuning.rollout.types import Trajectory
 from thinktuning.run import checkpoint as ckpt
 from thinktuning.run import folder as runlog
 from thinktuning.run import tracking
 from thinktuning.run.progress import Progress
 from thinktuning.teacher.build import build_teacher, needs_frozen_student
-from thinktuning.train import distributed, microbatch, steplog
+from thinktuning.train import distributed, steplog
 from thinktuning.train.interrupt import StopRequest
-from thinktuning.train.logprobs import collate, token_logprobs
+from thinktuning.train.steplog import StepTimer
+from thinktuning.train.update import Update
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +54,26 @@ class ThinkTuningTrainer:
     _stop: StopRequest | None = None
 
     def __init__(self, config: ThinkTuningConfig, *, resume: bool = False, overwrite: bool = False) -> None:
+        self.cfg = config
+        self._check_inputs(resume, overwrite)
+        self._build_data()
+        self._build_run_dir(resume, overwrite)
+        model = self._build_models()
+        self._build_optimization(model)
+        self._build_engines()
+        self._build_rewards()
+        self._restore(resume)
+        self._open_logs()
+
+    # ------------------------------------------------------------------------------------------- set-up
+
+    def _check_inputs(self, resume: bool, overwrite: bool) -> None:
+        """Everything that can be refused before any slow loading: config, trackers, GPU, processes, run folder."""
         from accelerate import Accelerator
 
-        validate(config)
-        tracking.check_available(config.report_to)  # a missing tracker package stops the run before any loading
-        self.cfg = cfg = config
+        cfg = self.cfg
+        validate(cfg)
+        tracking.check_available(cfg.report_to)
         if cfg.model.require_gpu and not torch.cuda.is_available():
             raise ConfigError(
                 f"config {cfg.preset or ''} has model.require_gpu=true (it is sized for GPUs: student "
@@ -78,6 +92,8 @@ class ThinkTuningTrainer:
         if self.is_main:  # refuse a foreign folder before any slow loading; create it only once inputs are valid
             runlog.check_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
 
+    def _build_data(self) -> None:
+        cfg = self.cfg
         self.student_spec = resolve(cfg.model.student, cfg.model.cache_dir)
         self.tokenizer = load_tokenizer(self.student_spec, cfg.model.trust_remote_code)
         self.eos_id = end_of_turn_id(self.tokenizer)
@@ -90,43 +106,63 @@ class ThinkTuningTrainer:
                 f"{cfg.rollout.prompts_per_step}; lower it or use more data"
             )
 
+    def _build_run_dir(self, resume: bool, overwrite: bool) -> None:
         if self.is_main:
             runlog.prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
         self.accelerator.wait_for_everyone()
         self.resume_from = ckpt.latest_checkpoint(self.run_dir) if resume else None
+
+    def _build_models(self):
+        """The student (with LoRA adapters if asked), the teacher and the guide, and the optional KL reference."""
+        cfg = self.cfg
         model = lora.load_student(self.student_spec, cfg.lora, self.resume_from, cfg.model.dtype,
                                   cfg.model.trust_remote_code)
         model.train()
         self.teacher, self.ref_model = self._load_teacher_and_ref(model)
         self.guide = (
-            Guide(cfg, self.teacher, self.tokenizer, self.eos_id, self._continue, TeacherWatch(logger=log))
+            Guide(cfg.guidance, cfg.teacher, self.teacher, self.tokenizer, self.eos_id, TeacherWatch(logger=log))
             if self.teacher is not None else None
         )
         self.teacher_counts = steplog.CounterDeltas("teacher/")  # an HTTP teacher's requests, retries, failures
         self._check_context(model)
+        return model
+
+    def _build_optimization(self, model) -> None:
         from transformers import get_scheduler
 
+        o = self.cfg.optim
         trainable = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters only
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-        scheduler = get_scheduler(
-            cfg.optim.lr_scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps,
-            num_training_steps=self.total_steps,
-        )
+        optimizer = torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay)
+        scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps,
+                                  num_training_steps=self.total_steps)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
-        self.vllm = None  # rollout.backend=vllm: the student's vLLM copy (rollout_vllm.py), fed weights every step
-        if cfg.rollout.backend == "vllm":
-            from thinktuning.rollout import vllm as rollout_vllm
+        self.update = Update(self.accelerator, self.model, self.optimizer, self.scheduler, optim=o,
+                             loss=self.cfg.loss, rollout=self.cfg.rollout, pad_id=self.pad_id,
+                             ref_model=self.ref_model, frozen_view=self.frozen_view)
 
-            self.vllm = rollout_vllm.build(cfg, self.student_spec.path, self.accelerator.unwrap_model(self.model),
-                                           self.eos_id, self.accelerator.device)
-        self.checker = AnswerChecker(timeout_s=cfg.reward.timeout_s)
+    def _build_engines(self) -> None:
+        """The rollout engine (transformers or vLLM), and the transformers sampler that continues guided rollouts."""
+        cfg = self.cfg
+        own = TransformersEngine(self._student, cfg.rollout, self.eos_id, self.pad_id)
+        self.continuation = own
+        self.engine: RolloutEngine = own
+        if cfg.rollout.backend == "vllm":
+            from thinktuning.rollout import vllm  # optional, heavy: only imported when chosen
+
+            self.engine = vllm.build(cfg, self.student_spec.path, self._student(), self.eos_id,
+                                     self.accelerator.device)
+
+    def _build_rewards(self) -> None:
+        r = self.cfg.reward
+        self.checker = AnswerChecker(timeout_s=r.timeout_s)
         self.reward_funcs = [
-            functools.partial(
-                correctness_reward, answer_fallback=cfg.reward.answer_fallback,
-                zero_if_truncated=cfg.reward.zero_if_truncated, checker=self.checker,
-            ),
-            *[load_reward_function(p) for p in cfg.reward.functions],
+            functools.partial(correctness_reward, answer_fallback=r.answer_fallback,
+                              zero_if_truncated=r.zero_if_truncated, checker=self.checker),
+            *[load_reward_function(p) for p in r.functions],
         ]
+
+    def _restore(self, resume: bool) -> None:
+        """Optimizer, scheduler and step from the last checkpoint; logs cut back to it."""
         self.start_step = 0
         if self.resume_from:
             state = ckpt.load_training_state(self.resume_from, self.optimizer, self.scheduler)
@@ -136,20 +172,25 @@ class ThinkTuningTrainer:
         if resume and self.is_main:  # drop what was logged after the checkpoint (everything, without one)
             for name in ("metrics.jsonl", "rollouts.jsonl"):
                 runlog.truncate_jsonl(self.run_dir / name, self.start_step)
-        if self.is_main:
-            runlog.write_run_header(self.run_dir, cfg, {
-                "student": self.student_spec.__dict__, "total_steps": self.total_steps,
-                "data": self.data_stats.__dict__,
-                "teacher": ({"backend": cfg.teacher.backend,  # scripted: templates, no model to name
-                             "model": None if cfg.teacher.backend == "scripted" else cfg.teacher.model}
-                            if cfg.guidance.enabled else None),
-                "resumed_from": str(self.resume_from) if self.resume_from else None,
-            })
-            self.metrics_out = runlog.JsonlWriter(self.run_dir / "metrics.jsonl")
-            self.rollouts_out = runlog.JsonlWriter(self.run_dir / "rollouts.jsonl")
-            self.trackers = tracking.Trackers(cfg.report_to, self.run_dir, cfg.to_dict())
 
-    # ------------------------------------------------------------------------------------------- set-up
+    def _open_logs(self) -> None:
+        cfg = self.cfg
+        if not self.is_main:
+            return
+        runlog.write_run_header(self.run_dir, cfg, {
+            "student": self.student_spec.__dict__, "total_steps": self.total_steps,
+            "data": self.data_stats.__dict__,
+            "teacher": ({"backend": cfg.teacher.backend,  # scripted: templates, no model to name
+                         "model": None if cfg.teacher.backend == "scripted" else cfg.teacher.model}
+                        if cfg.guidance.enabled else None),
+            "resumed_from": str(self.resume_from) if self.resume_from else None,
+        })
+        self.metrics_out = runlog.JsonlWriter(self.run_dir / "metrics.jsonl")
+        self.rollouts_out = runlog.JsonlWriter(self.run_dir / "rollouts.jsonl")
+        self.trackers = tracking.Trackers(cfg.report_to, self.run_dir, cfg.to_dict())
+
+    def _student(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
 
     def _load_data(self) -> tuple[list[Example], Any]:
         d = self.cfg.data
@@ -201,14 +242,8 @@ class ThinkTuningTrainer:
         check_context_lengths(self.cfg, context_limit(model.config), teacher_limit, prompt_tokens)
 
     def _step_examples(self, step: int) -> list[Example]:
-        """The prompts of a step: a seeded permutation per epoch, so the data position is a function of step."""
-        b, n = self.cfg.rollout.prompts_per_step, len(self.examples)
-        per_epoch = max(1, n // b)
-        epoch, pos = divmod(step, per_epoch)
-        order = list(range(n))
-        if self.cfg.data.shuffle:
-            random.Random(f"{self.cfg.seed}-epoch-{epoch}").shuffle(order)
-        return [self.examples[i] for i in order[pos * b : (pos + 1) * b]]
+        d = self.cfg.data
+        return step_examples(self.examples, step, self.cfg.rollout.prompts_per_step, self.cfg.seed, d.shuffle)
 
     # --------------------------------------------------------------------------------------------- a step
 
@@ -268,90 +303,104 @@ class ThinkTuningTrainer:
 
     def close(self) -> None:
         self.checker.close()
-        if self.vllm is not None:
-            self.vllm.close()
+        self.engine.close()
         if self.is_main:
             self.metrics_out.close()
             self.rollouts_out.close()
             self.trackers.close()
 
     def step(self, step: int) -> dict[str, Any]:
-        cfg, t0 = self.cfg, time.perf_counter()
-        g, rank = cfg.rollout.group_size, self.accelerator.process_index
-        # this process's whole groups of the step (all of them with one process): see distributed.py
+        """One ThinkTuning step; returns its metrics line (and writes its rollouts)."""
+        timer = StepTimer()
+        with timer("student_generate"):
+            trajs = self._rollouts(step)                                # 1. the student samples G per prompt
+        self._score_own(trajs)                                          #    what it does on its own
+        with timer("teacher_generate"):
+            p = self._guide(trajs, step)                                # 2. select, ask the teacher, splice, mask
+        self._reward_and_advantage(trajs)                               # 3-4. rewards, group advantages
+        with timer("update"):
+            upd = self.update(trajs)                                    # 5-6. loss and optimizer updates
+        with timer("weight_push"):
+            self.engine.push_weights(self._student())                   #    the next step samples the new weights
+        return self._log(step, trajs, p, upd, timer)                    # 7. metrics and rollouts
+
+    def _rollouts(self, step: int) -> list[Trajectory]:
+        """This process's whole groups of the step (all of them with one process: see distributed.py), sampled
+        with a seed of step and rank only, so exact resume needs no generator state."""
+        cfg, g = self.cfg, self.cfg.rollout.group_size
+        rank = self.accelerator.process_index
         mine = distributed.my_groups(cfg.rollout.prompts_per_step, rank, self.accelerator.num_processes)
         examples = [ex for j, ex in enumerate(self._step_examples(step)) if j in mine]
         prompts = [self._prompt_ids[ex.id] for ex in examples for _ in range(g)]
-
-        # 1. student rollouts (seeded by step and rank: exact resume needs no generator state)
-        seed = distributed.rank_seed(cfg.seed * 1_000_003 + step, rank)
-        gen = torch.Generator().manual_seed(seed)
-        rollouts = self.vllm.sample(prompts, seed) if self.vllm is not None else sample(
-            self.accelerator.unwrap_model(self.model), prompts, max_new_tokens=cfg.rollout.max_new_tokens,
-            eos_id=self.eos_id, pad_id=self.pad_id, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-            generator=gen, batch_size=cfg.rollout.batch_size,
-        )
-        seqs = [
+        rollouts = self.engine.sample(prompts, distributed.rank_seed(cfg.seed * 1_000_003 + step, rank))
+        exact = self.engine.exact_logprobs
+        return [
             Trajectory(examples[i // g], mine[i // g], r.prompt_ids, r.response_ids, r.finished,
-                      teacher_mask=[0] * len(r.response_ids),
-                      sampler_logprobs=r.logprobs if self.vllm is not None else None)
+                       teacher_mask=[0] * len(r.response_ids), sampler_logprobs=None if exact else r.logprobs)
             for i, r in enumerate(rollouts)
         ]
-        t_student = time.perf_counter() - t0
 
-        # what the student does on its own, before any guidance
-        own = self._rewards(seqs, [self._decode(s.response_ids) for s in seqs], correctness_only=True)
-        for s, r in zip(seqs, own, strict=True):
+    def _score_own(self, trajs: list[Trajectory]) -> None:
+        own = self._rewards(trajs, [self._decode(s.response_ids) for s in trajs], correctness_only=True)
+        for s, r in zip(trajs, own, strict=True):
             s.student_correct = r
 
-        # 2. guidance: choose, ask the teacher, splice, mask
-        t1 = time.perf_counter()
-        p = 0.0
-        if cfg.guidance.enabled:
-            gd = cfg.guidance
-            p = guidance.guidance_probability(
+    def _guide(self, trajs: list[Trajectory], step: int) -> float:
+        """Guide the chosen rollouts (the student continues them when asked), then mark which tokens are shaped.
+        Returns the step's guidance probability p."""
+        gd, p = self.cfg.guidance, 0.0
+        if self.guide is not None:
+            p = rules.guidance_probability(
                 step, self.total_steps, schedule=gd.schedule, p_start=gd.p_start, p_end=gd.p_end,
                 decay_fraction=gd.decay_fraction, cutoff_epsilon=gd.cutoff_epsilon,
             )
-            pick_rng = random.Random(f"{cfg.seed}-guide-{step}{distributed.rank_salt(rank)}")
-            chosen = guidance.select_guided([s.finished for s in seqs], g, p, pick_rng, gd.min_per_group)
-            self.guide([seqs[i] for i in chosen], step)
-        t_teacher = time.perf_counter() - t1
-        for s in seqs:
-            s.shaped_mask = guidance.shaped_mask(s.teacher_mask, s.guided, cfg.guidance.mask_scope)
+            rank = self.accelerator.process_index
+            pick_rng = random.Random(f"{self.cfg.seed}-guide-{step}{distributed.rank_salt(rank)}")
+            chosen = rules.select_guided([s.finished for s in trajs], self.cfg.rollout.group_size, p, pick_rng,
+                                         gd.min_per_group)
+            self._continue(self.guide([trajs[i] for i in chosen], step), step)
+        for s in trajs:
+            s.shaped_mask = rules.shaped_mask(s.teacher_mask, s.guided, gd.mask_scope)
             s.text = self._decode(s.response_ids)
+        return p
 
-        # 3. rewards and 4. group advantages (guided rollouts included)
-        rewards = self._rewards(seqs, [s.text for s in seqs])
-        adv = compute_advantages(
-            torch.tensor(rewards, dtype=torch.float32), g, cfg.loss.advantage, cfg.loss.normalize_std
-        )
-        for s, r, a in zip(seqs, rewards, adv.tolist(), strict=True):
+    def _continue(self, continuing: list[Trajectory], step: int) -> None:
+        """``guidance.continuation=student``: the student writes the rest on-policy, after the teacher's reason."""
+        if not continuing:
+            return
+        seed = distributed.rank_seed(self.cfg.seed * 7_000_003 + step, self.accelerator.process_index)
+        more = self.continuation.sample([s.prompt_ids + s.response_ids for s in continuing], seed)
+        for s, r in zip(continuing, more, strict=True):
+            s.response_ids = s.response_ids + r.response_ids
+            s.teacher_mask = s.teacher_mask + [0] * len(r.response_ids)
+            s.finished = r.finished
+
+    def _reward_and_advantage(self, trajs: list[Trajectory]) -> None:
+        rewards = self._rewards(trajs, [s.text for s in trajs])
+        loss = self.cfg.loss
+        adv = compute_advantages(torch.tensor(rewards, dtype=torch.float32), self.cfg.rollout.group_size,
+                                 loss.advantage, loss.normalize_std)
+        for s, r, a in zip(trajs, rewards, adv.tolist(), strict=True):
             s.reward, s.advantage = r, a
 
-        # 5. loss and 6. update
-        t2 = time.perf_counter()
-        upd = self._update(seqs)
-        if self.vllm is not None:  # the next step samples from the updated weights
-            self.vllm.push_weights(self.accelerator.unwrap_model(self.model))
-        t_update = time.perf_counter() - t2
-
-        # 7. logs, of every process's rollouts (gathered in group order)
-        seqs = sorted(distributed.gather(self.accelerator, seqs), key=lambda s: s.group)
+    def _log(self, step: int, trajs: list[Trajectory], p: float, upd: dict[str, float],
+             timer: StepTimer) -> dict[str, Any]:
+        """The metrics line, of every process's rollouts (gathered in group order), and the rollout records."""
+        acc = self.accelerator
+        trajs = sorted(distributed.gather(acc, trajs), key=lambda s: s.group)
         metrics = steplog.step_metrics(
-            step, seqs, p, upd, lr=self.scheduler.get_last_lr()[0],
-            checker_timeouts=int(distributed.all_sum(self.accelerator, self.checker.timeouts)),
-            unparsed_references=int(distributed.all_sum(self.accelerator, len(self.checker.unparsed_references))),
+            step, trajs, p, upd, lr=self.scheduler.get_last_lr()[0],
+            checker_timeouts=int(distributed.all_sum(acc, self.checker.timeouts)),
+            unparsed_references=int(distributed.all_sum(acc, len(self.checker.unparsed_references))),
         )
         metrics.update({
-            "time/student_generate": t_student, "time/teacher_generate": t_teacher, "time/update": t_update,
-            "time/step": time.perf_counter() - t0,
-            **(self.vllm.step_metrics() if self.vllm is not None else {}),
-            **{k: int(distributed.all_sum(self.accelerator, v))
+            **timer.metrics(),
+            **({} if self.engine.exact_logprobs else self.update.mismatch_metrics()),
+            **{k: int(distributed.all_sum(acc, v))
                for k, v in self.teacher_counts(getattr(self.teacher, "stats", None)).items()},
         })
-        if self.is_main and cfg.log_rollouts:
-            for i, s in enumerate(seqs):
+        if self.is_main and self.cfg.log_rollouts:
+            for i, s in enumerate(trajs):
                 self.rollouts_out.write(steplog.rollout_record(step + 1, i, s))
         return metrics
 
@@ -367,143 +416,3 @@ class ThinkTuningTrainer:
         }
         funcs = self.reward_funcs[:1] if correctness_only else self.reward_funcs
         return compute_rewards(funcs, [s.example.prompt for s in seqs], texts, columns)
-
-    def _continue(self, continuing: list[Trajectory], step: int) -> None:
-        """``guidance.continuation=student``: the student writes the rest on-policy, after the teacher's reason."""
-        cfg = self.cfg
-        gen = torch.Generator().manual_seed(distributed.rank_seed(cfg.seed * 7_000_003 + step,
-                                                                  self.accelerator.process_index))
-        more = sample(
-            self.accelerator.unwrap_model(self.model), [s.prompt_ids + s.response_ids for s in continuing],
-            max_new_tokens=cfg.rollout.max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
-            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generator=gen,
-            batch_size=cfg.rollout.batch_size,
-        )
-        for s, r in zip(continuing, more, strict=True):
-            s.response_ids = s.response_ids + r.response_ids
-            s.teacher_mask = s.teacher_mask + [0] * len(r.response_ids)
-            s.finished = r.finished
-
-    def _update(self, seqs: list[Trajectory]) -> dict[str, float]:
-        """PPO epochs over mini-batches of whole groups; micro-batches accumulate gradients."""
-        cfg = self.cfg
-        g = cfg.rollout.group_size
-        world = self.accelerator.num_processes  # each process holds 1/world of every mini-batch's groups
-        mb_seqs = (cfg.optim.mini_batch_prompts or cfg.rollout.prompts_per_step) // world * g
-        minibatches = [list(range(i, min(i + mb_seqs, len(seqs)))) for i in range(0, len(seqs), mb_seqs)]
-        # rows with advantage 0 carry no gradient without a KL term (microbatch.py); with several processes every
-        # rank must run the same number of backward passes (DDP's all-reduce), so only a single process skips them
-        skip_zero = cfg.optim.skip_zero_advantage and cfg.loss.kl_coef == 0 and world == 1
-        plans = [self._plan(seqs, mb, skip_zero) for mb in minibatches]  # the same micro-batches in every epoch
-        micro_batches = [idx for plan in plans for idx in plan]
-        reuse_old = cfg.optim.ppo_epochs == 1 and len(minibatches) == 1  # pi_old == pi_theta: skip a pass
-        old = None if reuse_old else self._old_logprobs(seqs, micro_batches)
-        sums: dict[str, float] = {}
-        counts = 0
-        grad_norms = []
-        skipped = 0
-        for _ in range(cfg.optim.ppo_epochs):
-            for mb, plan in zip(minibatches, plans, strict=True):
-                ntok = sum(len(seqs[i].response_ids) for i in mb)
-                count = float(ntok) if cfg.loss.aggregation == "token-mean" else float(len(mb))
-                norm = distributed.loss_normalizer(distributed.all_sum(self.accelerator, count), world)
-                self.optimizer.zero_grad(set_to_none=True)
-                bad_loss = None
-                parts = []  # (metrics, loss, n) per micro-batch, added to the step's metrics if the update applies
-                for idx in plan:
-                    out = self._micro_loss([seqs[i] for i in idx], None if old is None else [old[i] for i in idx], norm)
-                    loss = float(out.loss.detach())
-                    if not math.isfinite(loss):
-                        bad_loss = loss  # the whole update is dropped below
-                    # backward and clipping run even so: with several processes, all must join the same collectives
-                    # (a NaN loss on one makes the reduced gradient norm non-finite on all, so all skip together)
-                    self.accelerator.backward(out.loss)
-                    parts.append((out.metrics, loss, len(idx)))
-                if not plan:  # every row had advantage 0: the gradient is exactly zero, and AdamW still steps on it
-                    for p in self.model.parameters():
-                        if p.requires_grad:
-                            p.grad = torch.zeros_like(p)
-                    parts.append(({"pg_loss": 0.0}, 0.0, 0))
-                gn = float(self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm))
-                if bad_loss is not None:
-                    why = f"non-finite loss ({bad_loss}) in a micro-batch"
-                else:
-                    why = None if math.isfinite(gn) else f"non-finite gradient norm ({gn})"
-                if why is None:
-                    self.optimizer.step()
-                    grad_norms.append(gn)
-                    for micro_metrics, loss, n in parts:
-                        for key, val in micro_metrics.items():
-                            sums[key] = sums.get(key, 0.0) + float(val) * n
-                        sums["loss"] = sums.get("loss", 0.0) + loss
-                        counts += n
-                else:  # a poisoned update is dropped: never applied, so never checkpointed
-                    skipped += 1
-                    self.optimizer.zero_grad(set_to_none=True)
-                    log.warning("%s: optimizer update skipped (counted in loss/updates_skipped)", why)
-                self.scheduler.step()
-        n_updates = cfg.optim.ppo_epochs * len(minibatches)
-        out = {k: v / max(counts, 1) for k, v in sums.items() if k != "loss"}
-        # mean over the updates applied; NaN (null in metrics.jsonl) when every update of the step was skipped
-        out["loss"] = sums["loss"] / (n_updates - skipped) if n_updates > skipped and "loss" in sums else math.nan
-        out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
-        for key in METRIC_NAMES:  # the same keys every step: NaN when no row carried gradient all step
-            out.setdefault(key, math.nan)
-        out["updates_skipped"] = skipped
-        # per epoch: zero-advantage rows not run, and token positions the update's forward computed
-        out["rows_skipped"] = len(seqs) - sum(len(idx) for idx in micro_batches)
-        out["padded_tokens"] = microbatch.padded_tokens(
-            [len(s.prompt_ids) for s in seqs], [len(s.response_ids) for s in seqs], micro_batches)
-        return distributed.mean_metrics(self.accelerator, out)  # over all processes (grad_norm is the same on all)
-
-    def _tensors(self, chunk: list[Trajectory]):
-        batch = collate([s.prompt_ids for s in chunk], [s.response_ids for s in chunk], self.pad_id)
-        width = batch.response_ids.shape[1]
-        shaped = torch.zeros((len(chunk), width))
-        for i, s in enumerate(chunk):
-            shaped[i, : len(s.shaped_mask)] = torch.tensor(s.shaped_mask, dtype=torch.float32)
-        return batch, shaped
-
-    def _plan(self, seqs: list[Trajectory], mb: list[int], skip_zero: bool) -> list[list[int]]:
-        """The micro-batches of mini-batch ``mb`` (indices into ``seqs``): length-sorted, zero-advantage rows left
-        out when ``skip_zero`` (microbatch.py)."""
-        parts = microbatch.plan_micro_batches(
-            [len(seqs[i].response_ids) for i in mb], [seqs[i].advantage for i in mb],
-            self.cfg.optim.micro_batch_size, skip_zero_advantage=skip_zero)
-        return [[mb[j] for j in part] for part in parts]
-
-    @torch.no_grad()
-    def _old_logprobs(self, seqs: list[Trajectory], micro_batches: list[list[int]]) -> list[torch.Tensor | None]:
-        """pi_old of every row the update will run (rows it skips get None), in the update's own micro-batches
-        (same padding, so the first epoch's ratio is exactly 1)."""
-        out: list[torch.Tensor | None] = [None] * len(seqs)
-        for idx in micro_batches:
-            chunk = [seqs[i] for i in idx]
-            batch, _ = self._tensors(chunk)
-            lp = token_logprobs(self.model, batch, self.cfg.rollout.temperature).cpu()
-            for j, i in enumerate(idx):
-                out[i] = lp[j, : len(seqs[i].response_ids)]
-        return out
-
-    def _micro_loss(self, chunk: list[Trajectory], old: list[torch.Tensor] | None, norm: float):
-        cfg = self.cfg
-        batch, shaped = self._tensors(chunk)
-        device = self.accelerator.device
-        logp = token_logprobs(self.model, batch, cfg.rollout.temperature)
-        if old is None:
-            old_logp = logp.detach()
-        else:
-            old_logp = torch.zeros_like(logp)
-            for i, o in enumerate(old):
-                old_logp[i, : len(o)] = o.to(device)
-        ref_logp = None
-        if self.ref_model is not None:
-            with torch.no_grad(), self.frozen_view():
-                ref_logp = token_logprobs(self.ref_model, batch, cfg.rollout.temperature)
-        adv = torch.tensor([s.advantage for s in chunk], dtype=torch.float32, device=device)
-        return policy_loss(
-            logp, old_logp, adv, batch.response_mask.to(device), shaped.to(device), shaping=cfg.loss.shaping,
-            clip_low=cfg.loss.clip_low, clip_high=cfg.loss.clip_high, aggregation=cfg.loss.aggregation,
-            normalizer=norm, ref_logp=ref_logp, kl_coef=cfg.loss.kl_coef,
-            token_weight=self.vllm.token_weights(chunk, old_logp) if self.vllm is not None else None,
-        )
