@@ -118,3 +118,18 @@ def test_register_custom_estimator_and_reject_duplicates() -> None:
             register_advantage(name)(max_baseline)
     finally:
         ADVANTAGE_ESTIMATORS.pop(name, None)
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo"])
+@pytest.mark.parametrize("rewards", [[1.3] * 8, [1.94] * 5, [0.0] * 4, [0.7, 0.7, 0.7]])
+def test_all_equal_groups_get_exactly_zero(estimator, rewards):
+    # mean([1.3] * 8) is 1.3 only up to rounding; that rounding divided by std + 1e-6 (std 0) gave -0.1057 per row
+    adv = compute_advantages(torch.tensor(rewards), len(rewards), estimator)
+    assert adv.tolist() == [0.0] * len(rewards)
+
+
+def test_an_equal_group_beside_a_mixed_group_keeps_the_mixed_groups_advantages():
+    # group 1: [1.3] * 4 -> 0 exactly; group 2: [1, 0, 0, 0]: mean 0.25, unbiased std 0.5 -> 1.5, -0.5, -0.5, -0.5
+    adv = compute_advantages(torch.tensor([1.3] * 4 + [1.0, 0.0, 0.0, 0.0]), 4)
+    assert adv[:4].tolist() == [0.0] * 4
+    assert adv[4:].tolist() == pytest.approx([1.5, -0.5, -0.5, -0.5], abs=1e-5)

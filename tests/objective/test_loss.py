@@ -188,20 +188,37 @@ def test_aas_hand_values_spelled_out() -> None:
 
 def test_guard_denominator_not_positive() -> None:
     # recipe gamma = -0.001, A = +1, pi = 0.0005: 0.0005 - 0.001 = -0.0005 <= 0
-    # -> denominator 0.0005 * 1.0001 -> loss = -1 * 0.0005 / (0.0005 * 1.0001) = -1 / 1.0001
+    # -> denominator sg(pi) / 1.0001 (the recipe's `.detach()/(1.0001)`: a division)
+    # -> weight pi / (pi / 1.0001) = 1.0001, loss = -A * 1.0001 = -1.0001, dL/dlog pi = -1.0001
     out, logp = single(0.0005, 0.0005, 1.0, guided=True, shaping="aas-recipe")
-    assert out.loss.item() == pytest.approx(-1 / 1.0001, rel=1e-9)
-    assert out.metrics["shaped_weight_mean"] == pytest.approx(1 / 1.0001, rel=1e-9)
-    # gradient: -A * pi / denom = -1 / 1.0001
-    assert grad_of(out, logp) == pytest.approx(-1 / 1.0001, rel=1e-9)
+    assert out.loss.item() == pytest.approx(-1.0001, rel=1e-9)
+    assert out.metrics["shaped_weight_mean"] == pytest.approx(1.0001, rel=1e-9)
+    assert out.metrics["shaped_weight_max"] == pytest.approx(1.0001, rel=1e-9)
+    assert grad_of(out, logp) == pytest.approx(-1.0001, rel=1e-9)
+
+
+def test_guard_the_issue_example_in_float64() -> None:
+    # the review's case, verbatim: log pi = log(0.0005), A = 1, aas-recipe: loss and gradient both -1.0001
+    lp = torch.tensor([[math.log(0.0005)]], dtype=torch.float64, requires_grad=True)
+    one = torch.ones(1, 1)
+    out = policy_loss(lp, lp.detach(), torch.tensor([1.0], dtype=torch.float64), one, one, shaping="aas-recipe")
+    out.loss.backward()
+    assert out.loss.item() == pytest.approx(-1.0001, rel=1e-12)
+    assert lp.grad.item() == pytest.approx(-1.0001, rel=1e-12)
+
+
+def test_aas_recipe_hazard_is_visible_as_the_largest_shaped_weight() -> None:
+    # pi = 0.00101, recipe gamma = -0.001: weight pi / (pi - 0.001) = 0.00101 / 0.00001 = 101
+    out, _ = single(0.00101, 0.00101, 1.0, guided=True, shaping="aas-recipe")
+    assert out.metrics["shaped_weight_max"] == pytest.approx(101.0, rel=1e-3)
 
 
 def test_guard_denominator_above_one() -> None:
     # gamma(4) = +0.001, pi = 0.9995: 0.9995 + 0.001 = 1.0005 > 1
-    # -> denominator 0.9995 * 0.9999 -> loss = -4 * 0.9995 / (0.9995 * 0.9999) = -4 / 0.9999 ~= -4.0004
+    # -> denominator 0.9995 / 0.9999 -> loss = -4 * 0.9995 / (0.9995 / 0.9999) = -4 * 0.9999 = -3.9996
     out, logp = single(0.9995, 0.9995, 4.0, guided=True)
-    assert out.loss.item() == pytest.approx(-4 / 0.9999, rel=1e-9)
-    assert grad_of(out, logp) == pytest.approx(-4 / 0.9999, rel=1e-9)
+    assert out.loss.item() == pytest.approx(-4 * 0.9999, rel=1e-9)
+    assert grad_of(out, logp) == pytest.approx(-4 * 0.9999, rel=1e-9)
     # without the guard it would have been -4 * 0.9995 / 1.0005 ~= -3.996
     assert out.loss.item() != pytest.approx(-4 * 0.9995 / 1.0005, rel=1e-6)
 
@@ -371,6 +388,76 @@ def test_aggregate_seq_mean_token_mean() -> None:
     assert aggregate(LOSS_MAT, MASK, "seq-mean-token-mean").item() == pytest.approx(3.0)
     # normalizer = 4 sequences: (2 + 4) / 4 = 1.5
     assert aggregate(LOSS_MAT, MASK, "seq-mean-token-mean", normalizer=4).item() == pytest.approx(1.5)
+
+
+def test_seq_mean_token_sum_norm_does_not_depend_on_micro_batching() -> None:
+    # rows of 2 and 6 tokens, A = 1, every log-prob -1 (so every PPO token loss is -1 with ratio 1):
+    # one constant L = 8 for the update: row sums -2 and -6 -> (-2/8 - 6/8) / 2 sequences = -0.5
+    # d/dlogp of the first token: -A * ratio / L / 2 = -1/16 = -0.0625, whether split or not
+    lens = (2, 6)
+
+    def run(groups):
+        total, grads = 0.0, []
+        for rows in groups:
+            width = max(lens[i] for i in rows)
+            lp = torch.full((len(rows), width), -1.0, requires_grad=True)
+            mask = torch.tensor([[1.0] * lens[i] + [0.0] * (width - lens[i]) for i in rows])
+            out = policy_loss(lp, lp.detach(), torch.ones(len(rows)), mask, torch.zeros_like(mask),
+                              aggregation="seq-mean-token-sum-norm", normalizer=2, length_norm=8)
+            out.loss.backward()
+            total += out.loss.item()
+            grads += [lp.grad[j, 0].item() for j in range(len(rows))]
+        return total, grads
+
+    whole, split, reversed_ = run([[0, 1]]), run([[0], [1]]), run([[1], [0]])
+    assert whole[0] == pytest.approx(-0.5) and split[0] == pytest.approx(-0.5) and reversed_[0] == pytest.approx(-0.5)
+    assert whole[1] == pytest.approx([-0.0625, -0.0625])
+    assert split[1] == pytest.approx([-0.0625, -0.0625])
+
+
+@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_every_aggregation_gives_the_same_gradient_for_any_split_order_or_skip(aggregation) -> None:
+    """Random rows; the update's normaliser (tokens or sequences of the mini-batch) and one length constant."""
+    gen = torch.Generator().manual_seed(0)
+    n, lens = 6, [3, 7, 1, 5, 2, 4]
+    base = [torch.rand(k, generator=gen).log() for k in lens]
+    adv = torch.tensor([1.0, -0.5, 0.0, 2.0, -1.0, 0.0])
+    guided = [torch.rand(k, generator=gen) > 0.5 for k in lens]
+    norm = float(sum(lens)) if aggregation == "token-mean" else float(n)
+
+    def grads(groups):
+        leaves = [b.clone().requires_grad_(True) for b in base]
+        for rows in groups:
+            width = max(lens[i] for i in rows)
+            lp = torch.stack([torch.cat([leaves[i], torch.zeros(width - lens[i])]) for i in rows])
+            mask = torch.tensor([[1.0] * lens[i] + [0.0] * (width - lens[i]) for i in rows])
+            gm = torch.stack([torch.cat([guided[i].float(), torch.zeros(width - lens[i])]) for i in rows])
+            out = policy_loss(lp, lp.detach() + 0.1, adv[rows], mask, gm, aggregation=aggregation,
+                              normalizer=norm, length_norm=16.0)
+            out.loss.backward()
+        return [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
+
+    whole = grads([list(range(n))])
+    for groups in ([[0, 1, 2], [3, 4, 5]], [[5, 3], [1], [0, 4, 2]], [[0, 1, 3, 4]]):  # the last skips A = 0 rows
+        for a, b in zip(whole, grads(groups), strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_micro_batch_metrics_combine_to_one_calls_metrics() -> None:
+    # four rows of two tokens, A = 1, log-probs 0: token-mean over 8 tokens, each micro-batch divided by 8:
+    # two micro-batches of 4 tokens each give pg_loss -0.5 and -0.5, which sum to the one-call -1.0
+    from thinktuning.objective.loss import combine_micro_batches
+
+    def call(rows):
+        lp = torch.zeros(rows, 2)
+        return policy_loss(lp, lp, torch.ones(rows), torch.ones(rows, 2), torch.zeros(rows, 2), normalizer=8)
+
+    one = call(4)
+    halves = [call(2), call(2)]
+    combined = combine_micro_batches([h.metrics for h in halves], [h.counts for h in halves])
+    assert one.metrics["pg_loss"] == pytest.approx(-1.0)
+    assert [h.metrics["pg_loss"] for h in halves] == pytest.approx([-0.5, -0.5])
+    assert combined == pytest.approx(one.metrics)
 
 
 def test_aggregate_seq_mean_token_sum_norm() -> None:

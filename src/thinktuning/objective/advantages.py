@@ -42,9 +42,9 @@ def grpo_advantage(grouped_rewards: torch.Tensor, *, normalize_std: bool, eps: f
     default. That is what verl's and TRL's GRPO implementations use, and the recipe ThinkTuning was
     trained with is built on verl, so using it keeps advantage magnitudes comparable to the paper's.
 
-    A group whose rewards are all equal carries no learning signal: its centred rewards are exactly zero,
-    its std is zero, and ``0 / (0 + eps)`` gives zero advantages rather than NaN. ``eps`` only matters for
-    such degenerate groups and for keeping the division finite.
+    A group whose rewards are all equal carries no learning signal; :func:`compute_advantages` gives it exactly
+    zero advantages (the centred rewards are only zero up to rounding, and rounding divided by ``eps`` is not
+    small). ``eps`` keeps the division finite.
     """
     mean = grouped_rewards.mean(dim=-1, keepdim=True)
     centred = grouped_rewards - mean
@@ -109,4 +109,8 @@ def compute_advantages(
         rewards = rewards.to(torch.get_default_dtype())
     grouped = rewards.reshape(-1, group_size)
     advantages = estimate(grouped, normalize_std=normalize_std, eps=eps)
-    return advantages.reshape(rewards.shape)
+    # a group whose rewards are all equal has no learning signal: exactly 0, whatever the estimator's rounding
+    # (the mean of [1.3] * 8 is not exactly 1.3 in floating point, and dividing that error by std + eps ~ 1e-6
+    # gave every row of the group the same spurious advantage of about -0.1)
+    same = (grouped == grouped[:, :1]).all(dim=-1, keepdim=True)
+    return torch.where(same, torch.zeros_like(advantages), advantages).reshape(rewards.shape)

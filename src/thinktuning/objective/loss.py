@@ -42,10 +42,10 @@ inf (verl does the same); at 20 the ratio is ~5e8, far outside any clip range, s
 # aggregations
 # ---------------------------------------------------------------------------------------------------------
 
-Aggregation = Callable[[torch.Tensor, torch.Tensor, float | None], torch.Tensor]
+Aggregation = Callable[..., torch.Tensor]
 
 AGGREGATIONS: dict[str, Aggregation] = {}
-"""name -> ``fn(loss_mat (B, T), mask (B, T) bool, normalizer) -> scalar``."""
+"""name -> ``fn(loss_mat (B, T), mask (B, T) bool, normalizer, length_norm) -> scalar``."""
 
 
 def register_aggregation(name: str) -> Callable[[F], F]:
@@ -63,26 +63,29 @@ def _check_normalizer(normalizer: float | None, default: float) -> float:
 
 
 @register_aggregation("token-mean")
-def token_mean(loss_mat: torch.Tensor, mask: torch.Tensor, normalizer: float | None = None) -> torch.Tensor:
+def token_mean(loss_mat: torch.Tensor, mask: torch.Tensor, normalizer: float | None = None,
+               length_norm: float | None = None) -> torch.Tensor:
     """Mean over all response tokens of the (mini-)batch: every token weighs the same (the recipe's choice).
 
     With gradient accumulation the caller passes the mini-batch's total token count as ``normalizer`` so
     that the micro-batch losses add up to exactly the mini-batch token-mean; dividing each micro-batch by
     its own count would over-weight tokens of short micro-batches.
     """
+    del length_norm
     total = torch.where(mask, loss_mat, 0.0).sum()
     return total / _check_normalizer(normalizer, mask.sum().item())
 
 
 @register_aggregation("seq-mean-token-mean")
 def seq_mean_token_mean(
-    loss_mat: torch.Tensor, mask: torch.Tensor, normalizer: float | None = None
+    loss_mat: torch.Tensor, mask: torch.Tensor, normalizer: float | None = None, length_norm: float | None = None
 ) -> torch.Tensor:
     """Mean over sequences of each sequence's token mean: every rollout weighs the same, however long.
 
     ``normalizer`` is the number of sequences of the mini-batch (default: the rows of this tensor,
     fully padded rows included; they contribute 0).
     """
+    del length_norm
     per_seq_sum = torch.where(mask, loss_mat, 0.0).sum(dim=-1)
     per_seq_count = mask.sum(dim=-1).clamp_min(1)
     return (per_seq_sum / per_seq_count).sum() / _check_normalizer(normalizer, loss_mat.shape[0])
@@ -90,23 +93,26 @@ def seq_mean_token_mean(
 
 @register_aggregation("seq-mean-token-sum-norm")
 def seq_mean_token_sum_norm(
-    loss_mat: torch.Tensor, mask: torch.Tensor, normalizer: float | None = None
+    loss_mat: torch.Tensor, mask: torch.Tensor, normalizer: float | None = None, length_norm: float | None = None
 ) -> torch.Tensor:
-    """Dr. GRPO's aggregation: each sequence's token *sum* divided by the constant T, then averaged.
+    """Dr. GRPO's aggregation: each sequence's token *sum* divided by one constant L, then averaged over sequences.
 
-    T is the tensor's column count (the padded response length), the same for every sequence, so unlike
-    a per-sequence mean this does not up-weight the tokens of short responses (Dr. GRPO's length-bias
-    fix). Note that T therefore depends on how the batch was padded; callers wanting a fixed constant
-    should pad to the maximum response length. ``normalizer`` is the number of sequences of the
-    mini-batch (default: rows of this tensor).
+    L is the same for every sequence, so unlike a per-sequence mean this does not up-weight the tokens of short
+    responses (Dr. GRPO's length-bias fix). It must also be the same for every micro-batch of an update, or the
+    gradient would depend on how rows were split, sorted or skipped: the update passes the generation budget
+    (``rollout.max_new_tokens``) as ``length_norm``. Without it, L is this tensor's padded width (correct only for
+    a whole batch in one call). ``normalizer`` is the number of sequences of the mini-batch (default: rows here).
     """
     per_seq_sum = torch.where(mask, loss_mat, 0.0).sum(dim=-1)
-    num_cols = max(loss_mat.shape[-1], 1)
+    if length_norm is not None and not length_norm > 0:
+        raise ValueError(f"length_norm must be > 0, got {length_norm}")
+    num_cols = float(length_norm) if length_norm is not None else max(loss_mat.shape[-1], 1)
     return (per_seq_sum / num_cols).sum() / _check_normalizer(normalizer, loss_mat.shape[0])
 
 
 def aggregate(
-    loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, normalizer: float | None = None
+    loss_mat: torch.Tensor, mask: torch.Tensor, mode: str, normalizer: float | None = None,
+    length_norm: float | None = None,
 ) -> torch.Tensor:
     """Reduce a (B, T) per-token loss to a scalar with the registered aggregation ``mode``.
 
@@ -118,7 +124,7 @@ def aggregate(
         raise ValueError(f"loss_mat {tuple(loss_mat.shape)} and mask {tuple(mask.shape)} differ in shape")
     if loss_mat.dim() != 2:
         raise ValueError(f"loss_mat must be (B, T), got shape {tuple(loss_mat.shape)}")
-    return fn(loss_mat, mask != 0, normalizer)  # type: ignore[return-value]
+    return fn(loss_mat, mask != 0, normalizer, length_norm)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -136,6 +142,8 @@ class LossOutput:
 
     loss: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, float] = field(default_factory=dict)
+    """Tokens behind each token mean (:data:`COUNTS`), for :func:`combine_micro_batches`."""
 
 
 def ppo_clip_loss(
@@ -167,8 +175,35 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 METRIC_NAMES = ("pg_loss", "clip_fraction", "ratio_mean", "shaped_token_fraction", "shaped_weight_mean",
-                "fallback_token_count")
+                "shaped_weight_max", "fallback_token_count")
 """The metrics :func:`policy_loss` always returns (``kl`` too when a reference is given)."""
+
+COUNTS = {"clip_fraction": "n_ppo", "ratio_mean": "n_tokens", "shaped_token_fraction": "n_tokens",
+          "shaped_weight_mean": "n_shaped", "kl": "n_tokens"}
+"""Token means and the token count each is a mean over; :func:`policy_loss` returns those counts under
+``counts`` so that :func:`combine_micro_batches` can weight them exactly."""
+
+
+def combine_micro_batches(parts: list[dict[str, float]], counts: list[dict[str, float]]) -> dict[str, float]:
+    """The metrics one :func:`policy_loss` call over the union of micro-batches would have given.
+
+    ``pg_loss`` adds up (each part is already divided by the update's global normaliser), counts add up, maxima
+    take the maximum, and token means are weighted by the tokens they are means over (:data:`COUNTS`).
+    """
+    out: dict[str, float] = {}
+    keys = {k for m in parts for k in m}
+    for key in keys:
+        vals = [(m[key], c) for m, c in zip(parts, counts, strict=True) if key in m]
+        if key in ("pg_loss", "fallback_token_count"):
+            out[key] = sum(v for v, _ in vals)
+        elif key == "shaped_weight_max":
+            out[key] = max(v for v, _ in vals)
+        elif key in COUNTS:
+            total = sum(c.get(COUNTS[key], 0.0) for _, c in vals)
+            out[key] = sum(v * c.get(COUNTS[key], 0.0) for v, c in vals) / total if total else 0.0
+        else:
+            out[key] = sum(v for v, _ in vals) / len(vals)
+    return out
 
 
 def policy_loss(
@@ -186,6 +221,7 @@ def policy_loss(
     ref_logp: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     token_weight: torch.Tensor | None = None,
+    length_norm: float | None = None,
 ) -> LossOutput:
     """ThinkTuning's policy loss over a (micro-)batch of rollouts.
 
@@ -207,6 +243,7 @@ def policy_loss(
         kl_coef: weight of the k3 KL estimate ``exp(ref - logp) - (ref - logp) - 1`` added to every
             response token's loss (``ref - logp`` clamped to +-20 so ``exp`` cannot overflow). The method
             itself uses none (0.0).
+        length_norm: the constant L of ``seq-mean-token-sum-norm`` (the same for every micro-batch of an update).
         token_weight: (B, T) optional per-token factor on the policy-gradient term (no gradient through it): the
             truncated importance ratio pi_old / pi_sampler when another engine (vLLM) sampled the tokens.
 
@@ -214,7 +251,8 @@ def policy_loss(
         :class:`LossOutput` with the scalar loss and metrics ``pg_loss``, ``clip_fraction`` (over tokens
         that took the PPO loss, guided fallbacks included), ``ratio_mean`` (over all response tokens),
         ``shaped_token_fraction`` (shaped / response tokens), ``shaped_weight_mean`` (mean gradient
-        coefficient ``c`` over shaped tokens, 0.0 if none), ``fallback_token_count`` and, when
+        coefficient ``c`` over shaped tokens, 0.0 if none), ``shaped_weight_max`` (its largest value),
+        ``fallback_token_count`` and, when
         ``ref_logp`` is given, ``kl`` (token mean of the k3 estimate).
 
     Inputs at padding positions may hold anything (including -inf or NaN): they are replaced by 0 before
@@ -262,17 +300,18 @@ def policy_loss(
         shaped = torch.zeros_like(mask)
         fallback = torch.zeros_like(mask)
         pg_mat = ppo
-        shaped_weight_mean = 0.0
+        shaped_weight_mean = shaped_weight_max = 0.0
     else:
         shaped = guided & ~terms.fallback
         fallback = guided & terms.fallback
         pg_mat = torch.where(shaped, terms.loss, ppo)
         shaped_weight_mean = _masked_mean(terms.weight, shaped)
+        shaped_weight_max = float(torch.where(shaped, terms.weight, 0.0).max().item()) if bool(shaped.any()) else 0.0
     ppo_tokens = mask & ~shaped
 
     if token_weight is not None:
         pg_mat = pg_mat * clean(token_weight.detach())
-    pg_loss = aggregate(pg_mat, mask, aggregation, normalizer)
+    pg_loss = aggregate(pg_mat, mask, aggregation, normalizer, length_norm)
     loss = pg_loss
     metrics: dict[str, float] = {
         "pg_loss": float(pg_loss.detach().item()),
@@ -280,14 +319,17 @@ def policy_loss(
         "ratio_mean": _masked_mean(ratio.detach(), mask),
         "shaped_token_fraction": _masked_mean(shaped.to(dtype), mask),
         "shaped_weight_mean": shaped_weight_mean,
+        "shaped_weight_max": shaped_weight_max,
         "fallback_token_count": float(fallback.sum().item()),
     }
+    counts = {"n_tokens": float(mask.sum().item()), "n_ppo": float(ppo_tokens.sum().item()),
+              "n_shaped": float(shaped.sum().item())}
 
     if ref_logp is not None:
         delta = (clean(ref_logp.detach()) - logp_c).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
         kl_mat = delta.exp() - delta - 1.0
         metrics["kl"] = _masked_mean(kl_mat.detach(), mask)
         if kl_coef > 0.0:
-            loss = loss + kl_coef * aggregate(kl_mat, mask, aggregation, normalizer)
+            loss = loss + kl_coef * aggregate(kl_mat, mask, aggregation, normalizer, length_norm)
 
-    return LossOutput(loss=loss, metrics=metrics)
+    return LossOutput(loss=loss, metrics=metrics, counts=counts)

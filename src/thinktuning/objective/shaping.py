@@ -10,7 +10,10 @@ times a coefficient ``c``:
 * ``"aas"``: Advantage-Aware Shaping, ``-A * pi / (sg(pi) + gamma(A))``, ``c = pi / (pi + gamma)``.
   ``gamma`` is tiny (|gamma| <= 0.001), so ``c`` is ~1 except for rare tokens, where a positive gamma
   (A > 0) damps and a negative gamma (A < 0) boosts the update.
-* ``"aas-recipe"``: the same with the constant ``gamma = -0.001`` that the authors' recipe produces.
+* ``"aas-recipe"``: the same with the constant ``gamma = -0.001`` that the authors' recipe produces. Hazard, kept
+  to reproduce the recipe: for pi just above 0.001 the weight ``pi / (pi - 0.001)`` is unbounded (about 101 at
+  pi = 0.00101), so one rare token can dominate an update; every step logs the largest shaped weight as
+  ``loss/shaped_weight_max`` (see ``docs/method.md``).
 * ``"luffy"``: LUFFY's ``-A * pi / (pi + 0.1)`` without stop-gradient, ``c = 0.1 * pi / (pi + 0.1)**2``.
 * ``"none"``: guided tokens are treated exactly like the student's own tokens (PPO-clip).
 
@@ -41,9 +44,9 @@ AAS_ADV_SCALE = 4.0
 AAS_RECIPE_GAMMA = -0.001
 """What the recipe's inverted clamp ``clamp(gamma, 0.001, -0.001)`` returns for every A."""
 AAS_GUARD_LOW = 1.0001
-"""Denominator ``sg(pi) * 1.0001`` used when ``sg(pi) + gamma <= 0``."""
+"""Denominator ``sg(pi) / 1.0001`` used when ``sg(pi) + gamma <= 0`` (the recipe's ``.detach()/(1.0001)``)."""
 AAS_GUARD_HIGH = 0.9999
-"""Denominator ``sg(pi) * 0.9999`` used when ``sg(pi) + gamma > 1``."""
+"""Denominator ``sg(pi) / 0.9999`` used when ``sg(pi) + gamma > 1`` (the recipe's ``.detach()/(0.9999)``)."""
 AAS_FALLBACK_PROB = 0.01
 """Guided tokens with A < 0 and pi below this take the PPO loss instead of the shaped one."""
 LUFFY_GAMMA = 0.1
@@ -112,11 +115,11 @@ def _aas_terms(logp: torch.Tensor, advantages: torch.Tensor, gamma_mode: str) ->
     The forward value is ~ ``-A`` (the shaped ratio is ~1); what matters is the gradient,
     ``-A * pi / denom * grad log pi``, because only the numerator carries gradient.
 
-    Guards, as in the recipe: ``denom <= 0`` -> ``sg(pi) * 1.0001`` and ``denom > 1`` ->
-    ``sg(pi) * 0.9999``. With the interpolated gamma the first guard can only be reached for A < 0 and
-    pi <= 0.001, which the fallback already sends to PPO; it matters for the constant recipe gamma
-    (A >= 0, pi <= 0.001). A guided token with A < 0 and pi < 0.01 falls back to PPO: pushing down an
-    already-unlikely token with an unclipped, gamma-boosted gradient is what the recipe avoids.
+    Guards, as in the recipe: ``denom <= 0`` -> ``sg(pi) / 1.0001`` and ``denom > 1`` ->
+    ``sg(pi) / 0.9999`` (a division, as the recipe's code has it). With the interpolated gamma the first guard
+    can only be reached for A < 0 and pi <= 0.001, which the fallback already sends to PPO; it matters for the
+    constant recipe gamma (A >= 0, pi <= 0.001). A guided token with A < 0 and pi < 0.01 falls back to PPO: pushing
+    down an already-unlikely token with an unclipped, gamma-boosted gradient is what the recipe avoids.
 
     The denominator is additionally floored at the dtype's smallest normal number, so a probability that
     underflows to exactly 0 yields a loss and gradient of 0 instead of 0/0 = NaN (which would poison the
@@ -127,7 +130,7 @@ def _aas_terms(logp: torch.Tensor, advantages: torch.Tensor, gamma_mode: str) ->
     gamma = aas_gamma(advantages, gamma_mode)
     denom = pi_sg + gamma
     denom = torch.where(
-        denom <= 0, pi_sg * AAS_GUARD_LOW, torch.where(denom > 1, pi_sg * AAS_GUARD_HIGH, denom)
+        denom <= 0, pi_sg / AAS_GUARD_LOW, torch.where(denom > 1, pi_sg / AAS_GUARD_HIGH, denom)
     )
     denom = denom.clamp_min(torch.finfo(denom.dtype).tiny)
     loss = -advantages * pi / denom

@@ -19,7 +19,7 @@ import torch
 
 from thinktuning.config.schema import LossConfig, OptimConfig, RolloutConfig
 from thinktuning.objective.importance import batch_importance_weights, mismatch_metrics
-from thinktuning.objective.loss import METRIC_NAMES, policy_loss
+from thinktuning.objective.loss import METRIC_NAMES, combine_micro_batches, policy_loss
 from thinktuning.rollout.types import Trajectory
 from thinktuning.train import distributed, microbatch
 from thinktuning.train.logprobs import TokenBatch, collate, token_logprobs
@@ -52,8 +52,7 @@ class Update:
         reuse_old = cfg_o.ppo_epochs == 1 and len(minibatches) == 1  # pi_old == pi_theta: skip a pass
         old = None if reuse_old else self._old_logprobs(trajs, micro_batches)
         self._is_sums = {}
-        sums: dict[str, float] = {}
-        counts = 0
+        applied: list[dict[str, float]] = []  # per applied update: its metrics as one loss call would give them
         grad_norms: list[float] = []
         skipped = 0
         for _ in range(cfg_o.ppo_epochs):
@@ -67,20 +66,20 @@ class Update:
                 if why is None:
                     self.optimizer.step()
                     grad_norms.append(gn)
-                    for micro_metrics, loss, n in parts:
-                        for key, val in micro_metrics.items():
-                            sums[key] = sums.get(key, 0.0) + float(val) * n
-                        sums["loss"] = sums.get("loss", 0.0) + loss
-                        counts += n
+                    applied.append(combine_micro_batches([m for m, _, _ in parts], [c for _, c, _ in parts]))
+                    applied[-1]["loss"] = sum(loss for _, _, loss in parts)
                 else:  # a poisoned update is dropped: never applied, so never checkpointed
                     skipped += 1
                     self.optimizer.zero_grad(set_to_none=True)
                     log.warning("%s: optimizer update skipped (counted in loss/updates_skipped)", why)
                 self.scheduler.step()
-        n_updates = cfg_o.ppo_epochs * len(minibatches)
-        out = {k: v / max(counts, 1) for k, v in sums.items() if k != "loss"}
-        # mean over the updates applied; NaN (null in metrics.jsonl) when every update of the step was skipped
-        out["loss"] = sums["loss"] / (n_updates - skipped) if n_updates > skipped and "loss" in sums else math.nan
+        # mean over the updates applied (the largest shaped weight: max); NaN (null in metrics.jsonl) when every
+        # update of the step was skipped
+        out: dict[str, float] = {}
+        for key in {k for m in applied for k in m}:
+            vals = [m[key] for m in applied if key in m]
+            out[key] = max(vals) if key == "shaped_weight_max" else sum(vals) / len(vals)
+        out.setdefault("loss", math.nan)
         out["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else math.nan
         for key in METRIC_NAMES:  # the same keys every step: NaN when no row carried gradient all step
             out.setdefault(key, math.nan)
@@ -95,15 +94,15 @@ class Update:
         """The last update's sampler/trainer mismatch (NaN when no row carried another engine's log-probs)."""
         return mismatch_metrics(self._is_sums)
 
-    def _accumulate(self, trajs, mb, plan, old, world) -> tuple[list[tuple[dict, float, int]], float | None]:
-        """Backward over one mini-batch's micro-batches; returns (metrics, loss, rows) per micro-batch and the
+    def _accumulate(self, trajs, mb, plan, old, world) -> tuple[list[tuple[dict, dict, float]], float | None]:
+        """Backward over one mini-batch's micro-batches; returns (metrics, counts, loss) per micro-batch and the
         first non-finite loss (then the whole update is dropped by the caller)."""
         ntok = sum(len(trajs[i].response_ids) for i in mb)
         count = float(ntok) if self.loss.aggregation == "token-mean" else float(len(mb))
         norm = distributed.loss_normalizer(distributed.all_sum(self.accelerator, count), world)
         self.optimizer.zero_grad(set_to_none=True)
         bad_loss = None
-        parts = []  # (metrics, loss, n) per micro-batch, added to the step's metrics if the update applies
+        parts = []  # (metrics, counts, loss) per micro-batch, added to the step's metrics if the update applies
         for idx in plan:
             out = self._micro_loss([trajs[i] for i in idx], None if old is None else [old[i] for i in idx], norm)
             loss = float(out.loss.detach())
@@ -112,12 +111,12 @@ class Update:
             # backward runs even so: with several processes, all must join the same collectives (a NaN loss on one
             # makes the reduced gradient norm non-finite on all, so all skip together)
             self.accelerator.backward(out.loss)
-            parts.append((out.metrics, loss, len(idx)))
+            parts.append((out.metrics, out.counts, loss))
         if not plan:  # every row had advantage 0: the gradient is exactly zero, and AdamW still steps on it
             for p in self.model.parameters():
                 if p.requires_grad:
                     p.grad = torch.zeros_like(p)
-            parts.append(({"pg_loss": 0.0}, 0.0, 0))
+            parts.append(({"pg_loss": 0.0}, {}, 0.0))
         return parts, bad_loss
 
     def _tensors(self, chunk: list[Trajectory]) -> tuple[TokenBatch, torch.Tensor]:
@@ -168,6 +167,7 @@ class Update:
             logp, old_logp, adv, batch.response_mask.to(device), shaped.to(device), shaping=cfg.shaping,
             clip_low=cfg.clip_low, clip_high=cfg.clip_high, aggregation=cfg.aggregation,
             normalizer=norm, ref_logp=ref_logp, kl_coef=cfg.kl_coef, token_weight=self._token_weights(chunk, old_logp),
+            length_norm=float(self.rollout.max_new_tokens),  # one constant per update (seq-mean-token-sum-norm)
         )
 
     def _token_weights(self, chunk: list[Trajectory], old_logp: torch.Tensor) -> torch.Tensor | None:
