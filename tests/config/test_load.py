@@ -42,7 +42,7 @@ def test_cpu_demo_values_from_its_yaml() -> None:
 
 
 def test_paper_preset_matches_the_recipe_numbers() -> None:
-    # METHOD.md: 128 prompts x G=5, PPO mini-batch 32, lengths 512/1024, lr 1e-6, wd 0.01, clip 0.2,
+    # docs/method.md: 128 prompts x G=5, PPO mini-batch 32, lengths 512/1024, lr 1e-6, wd 0.01, clip 0.2,
     # p 0.1 -> 0.01
     cfg = load_config("paper-3b")
     assert cfg.model.student == "meta-llama/Llama-3.2-3B-Instruct"

@@ -1,4 +1,4 @@
-"""Guidance rules (METHOD.md steps 2 and 4) against values worked out by hand."""
+"""Guidance rules (docs/method.md, steps 2 and 4) against values worked out by hand."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ import torch
 from tests.train.test_trainer import FORCE_GUIDANCE, _tiny_student
 from thinktuning import ThinkTuningTrainer, load_config
 from thinktuning.errors import ConfigError
+from thinktuning.jsonl import read_jsonl
 from thinktuning.objective.loss import policy_loss
-from thinktuning.run.folder import read_jsonl
 from thinktuning.train import distributed
 
 # ------------------------------------------------------------------------------------------- pure functions

@@ -23,7 +23,7 @@ import torch
 
 from tests.train.test_trainer import _tiny_student
 from thinktuning.cli import main
-from thinktuning.run.folder import read_jsonl
+from thinktuning.jsonl import read_jsonl
 from thinktuning.train.interrupt import StopRequest
 
 STEPS = 4

@@ -22,9 +22,9 @@ from thinktuning import ThinkTuningTrainer
 from thinktuning.cli import main
 from thinktuning.errors import CheckpointError, ConfigError
 from thinktuning.guidance.guide import TeacherWatch
+from thinktuning.jsonl import read_jsonl
 from thinktuning.rewards.checker import AnswerChecker
 from thinktuning.run.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
-from thinktuning.run.folder import read_jsonl
 from thinktuning.teacher.base import TeacherResult
 from thinktuning.teacher.model import ModelTeacher
 from thinktuning.teacher.prompt import parse_feedback

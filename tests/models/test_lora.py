@@ -13,10 +13,10 @@ import torch
 from tests.train.test_trainer import _comparable, _tiny_cfg, _tiny_student
 from thinktuning import ThinkTuningTrainer, load_config
 from thinktuning.errors import ConfigError
+from thinktuning.jsonl import read_jsonl
 from thinktuning.models.load import is_adapter_dir, load_model
 from thinktuning.models.lora import adapters_off, base_reference
 from thinktuning.models.resolve import ResolvedModel, resolve
-from thinktuning.run.folder import read_jsonl
 from thinktuning.teacher.build import needs_frozen_student
 from thinktuning.train.logprobs import collate, token_logprobs
 

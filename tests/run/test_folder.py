@@ -9,14 +9,8 @@ import pytest
 
 from thinktuning.config.load import load_config
 from thinktuning.errors import RunFolderError
-from thinktuning.run.folder import (
-    JsonlWriter,
-    prepare_run_dir,
-    progress_line,
-    read_jsonl,
-    truncate_jsonl,
-    write_run_header,
-)
+from thinktuning.jsonl import JsonlWriter, read_jsonl, truncate_jsonl
+from thinktuning.run.folder import prepare_run_dir, progress_line, write_run_header
 
 
 def make_run_folder(path):

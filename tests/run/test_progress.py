@@ -41,7 +41,7 @@ def test_plain_lines_when_not_a_terminal():
     run(Progress(3, stream=out, clock=clock), clock, range(1, 4))
     lines = out.getvalue().splitlines()
     assert lines[0] == "training steps 1..3 of 3 -> runs/x"
-    # the same line runlog.progress_line writes, with the ETA from the mean step time so far
+    # the same line run.folder.progress_line writes, with the ETA from the mean step time so far
     assert lines[1:4] == [progress_line(metrics(1), 3, 20.0), progress_line(metrics(2), 3, 10.0),
                           progress_line(metrics(3), 3, 0.0)]
     assert lines[4].startswith("finished step 3/3: 3 steps in 30s | last reward 0.750")

@@ -14,8 +14,8 @@ from tests.train.test_trainer import _tiny_cfg, _tiny_student
 from thinktuning import ThinkTuningTrainer, load_config
 from thinktuning.cli import main
 from thinktuning.errors import ConfigError
+from thinktuning.jsonl import read_jsonl
 from thinktuning.openai_client import OpenAIClient
-from thinktuning.run.folder import read_jsonl
 from thinktuning.teacher.base import TeacherCase
 from thinktuning.teacher.http import HTTPTeacher, _close_last_phrase, close_phrase, own_answer, render
 

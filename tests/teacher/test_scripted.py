@@ -15,7 +15,7 @@ from thinktuning.data.arithmetic import make_arithmetic
 from thinktuning.data.load import load_examples
 from thinktuning.errors import ConfigError
 from thinktuning.eval.reflection import detect
-from thinktuning.run.folder import read_jsonl
+from thinktuning.jsonl import read_jsonl
 from thinktuning.teacher.base import Teacher, TeacherCase
 from thinktuning.teacher.prompt import feedback_text
 from thinktuning.teacher.scripted import (

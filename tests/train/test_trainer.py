@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from thinktuning import ThinkTuningTrainer, load_config
-from thinktuning.run.folder import read_jsonl
+from thinktuning.jsonl import read_jsonl
 
 pytestmark = pytest.mark.slow
 

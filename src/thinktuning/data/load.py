@@ -18,6 +18,7 @@ from typing import Any
 from thinktuning.data.arithmetic import _ARITHMETIC_DEFAULT_SIZE, _LOCAL_SUFFIXES, _check_levels, make_arithmetic
 from thinktuning.data.examples import DataStats, Example, build_prompt
 from thinktuning.errors import DatasetError
+from thinktuning.jsonl import iter_jsonl
 from thinktuning.rewards.answers import extract_boxed
 
 DATASETS = ("arithmetic", "gsm8k", "math")
@@ -47,16 +48,8 @@ def _looks_like_path(source: str) -> bool:
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"line {lineno}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                rows.append((f"line {lineno}", _BadRow("invalid JSON", f"invalid JSON ({exc.msg})")))
-    return rows
+    return [(f"line {n}", _BadRow("invalid JSON", f"invalid JSON ({rec.msg})") if isinstance(rec, json.JSONDecodeError)
+             else rec) for n, rec in iter_jsonl(path)]
 
 
 def _read_local_file(path: Path) -> tuple[list[str] | None, list[tuple[str, Any]]]:

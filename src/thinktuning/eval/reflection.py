@@ -1,6 +1,6 @@
 """Detect reflective behaviour in free text: does a math response check, doubt, or correct itself?
 
-The four behaviours the teacher demonstrates (METHOD.md, "The four cognitive behaviours") plus two plainer ones
+The four behaviours the teacher demonstrates (docs/method.md, "The four cognitive behaviours") plus two plainer ones
 from Gandhi et al. (2025) are recognised by surface cues:
 
 ``self-conflict``

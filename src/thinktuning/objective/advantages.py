@@ -1,4 +1,4 @@
-"""Group-relative advantage estimators (METHOD.md, "One training step", step 6).
+"""Group-relative advantage estimators (docs/method.md, step 6).
 
 ThinkTuning scores every rollout of a prompt's group, guided ones included, against the other rollouts of
 that same group, so no value network is needed. The estimators live in a small registry

@@ -1,22 +1,8 @@
-"""Policy loss for ThinkTuning: PPO-clip on the student's tokens, a shaped objective on guided tokens
-(:mod:`thinktuning.objective.shaping`), an optional KL term, and the registered aggregations.
+"""Policy loss for ThinkTuning (step 7 in ``docs/method.md``): PPO-clip on the student's tokens, the shaped objective
+on guided tokens (:mod:`thinktuning.objective.shaping`), an optional KL term, and the registered aggregations.
 
-METHOD.md, step 7. Guided tokens (mostly the teacher's feedback spliced into a student rollout) were not
-sampled from the student, so a PPO ratio to pi_old would be meaningless and clipping would throw most of
-their signal away. They instead get a *shaped* objective whose gradient is a plain likelihood gradient
-times a coefficient ``c``:
-
-    grad = c * A * grad log pi
-
-* ``"aas"``: Advantage-Aware Shaping, ``-A * pi / (sg(pi) + gamma(A))``, ``c = pi / (pi + gamma)``.
-  ``gamma`` is tiny (|gamma| <= 0.001), so ``c`` is ~1 except for rare tokens, where a positive gamma
-  (A > 0) damps and a negative gamma (A < 0) boosts the update.
-* ``"aas-recipe"``: the same with the constant ``gamma = -0.001`` that the authors' recipe produces.
-* ``"luffy"``: LUFFY's ``-A * pi / (pi + 0.1)`` without stop-gradient, ``c = 0.1 * pi / (pi + 0.1)**2``.
-* ``"none"``: guided tokens are treated exactly like the student's own tokens (PPO-clip).
-
-Shapings and aggregations live in small registries so each ablation is one config value. All functions
-here are pure functions of tensors; the trainer decides which tokens are guided and how batches are split.
+All functions here are pure functions of tensors; the update decides which tokens are guided and how batches are
+split into micro-batches.
 """
 
 from __future__ import annotations

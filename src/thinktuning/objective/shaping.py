@@ -1,6 +1,6 @@
 """The shaped objective on guided tokens, and its registry.
 
-METHOD.md, step 7. Guided tokens (mostly the teacher's feedback spliced into a student rollout) were not
+``docs/method.md``, step 7. Guided tokens (mostly the teacher's feedback spliced into a student rollout) were not
 sampled from the student, so a PPO ratio to pi_old would be meaningless and clipping would throw most of
 their signal away. They instead get a *shaped* objective whose gradient is a plain likelihood gradient
 times a coefficient ``c``:
@@ -34,7 +34,7 @@ F = TypeVar("F", bound=Callable[..., object])
 
 
 # ---------------------------------------------------------------------------------------------------------
-# constants from the recipe (METHOD.md step 7)
+# constants from the recipe (docs/method.md, step 7)
 # ---------------------------------------------------------------------------------------------------------
 
 AAS_GAMMA_MAX = 0.001

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from thinktuning.errors import ReportError
+from thinktuning.jsonl import read_jsonl
 from thinktuning.report.plots import COLORS, metrics_svg
 
 
@@ -40,22 +41,6 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "n/a" if value is None else esc(value)
     return format(value, spec) if math.isfinite(value) else "n/a"
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file, skipping a line cut short by a crash."""
-    out = []
-    if not path.is_file():
-        return out
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                out.append(record)
-    return out
 
 
 def _read_json(path: Path) -> Any:
@@ -94,10 +79,10 @@ def load_run(path: str | Path) -> Run:
             config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise ReportError(f"{run / 'config.yaml'} is not valid YAML: {err}") from None
-    steps = sorted({r["step"] for r in read_jsonl(run / "rollouts.jsonl") if isinstance(r.get("step"), int)})
+    steps = sorted({r["step"] for r in read_jsonl(run / "rollouts.jsonl", "skip") if isinstance(r.get("step"), int)})
     extras = {name: data for name in ("eval", "reflection") if (data := _read_json(run / f"{name}.json")) is not None}
     out = Run(run, run.name, config if isinstance(config, dict) else {}, _read_json(run / "run.json") or {},
-              read_jsonl(run / "metrics.jsonl"), steps, extras)
+              read_jsonl(run / "metrics.jsonl", "skip"), steps, extras)
     preset = out.config.get("preset") or out.info.get("preset")
     tags = [str(preset)] if preset else []
     if not out.guidance:
@@ -200,7 +185,7 @@ def render_rollouts(run: Run, steps: list[int] | None, max_groups: int | None) -
         return f'<p class="note">{esc(run.label)}: {why}</p>'
     wanted = set(chosen)
     by_step: dict[int, list[dict[str, Any]]] = {s: [] for s in chosen}
-    for r in read_jsonl(run.path / "rollouts.jsonl"):
+    for r in read_jsonl(run.path / "rollouts.jsonl", "skip"):
         if r.get("step") in wanted:
             by_step[r["step"]].append(r)
     missing = [s for s in steps or [] if s not in wanted]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import platform
 import shutil
 import sys
@@ -74,49 +73,6 @@ def write_run_header(run: Path, cfg: ThinkTuningConfig, extra: dict[str, Any]) -
         **extra,
     }
     (run / "run.json").write_text(json.dumps(info, indent=2, default=str))
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN; null says "not measured/invalid"
-    return value
-
-
-class JsonlWriter:
-    """Append-only JSON lines, flushed per write so a crash loses at most the line being written."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh = path.open("a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps({k: _clean(v) for k, v in record.items()}, default=str) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop records of steps after ``last_step`` (work after the checkpoint a resumed run restarts from)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-    path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            out.append(json.loads(line))
-    return out
 
 
 def progress_line(m: dict[str, Any], total: int, eta_s: float | None) -> str:

@@ -2,7 +2,7 @@
 
 On a terminal, one line that redraws itself after every step (a bar, step, reward, accuracy, guided count, teacher
 no-feedback count, step time, ETA). Not on a terminal (a log file, CI, ``| tee``), one plain line per step, the
-same line ``runlog.progress_line`` writes, so logs stay greppable. ``quiet`` prints only the first and last line.
+same line ``run.folder.progress_line`` writes, so logs stay greppable. ``quiet`` prints only the first and last line.
 """
 
 from __future__ import annotations

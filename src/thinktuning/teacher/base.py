@@ -31,7 +31,7 @@ class TeacherCase:
     """The reference final answer, whatever ``teacher.sees_reference`` says (scripted teacher only)."""
     student_correct: bool | None = None
     """Whether the reward function scored the student's own response correct (scripted teacher only: it picks
-    the behaviour by correctness, as METHOD.md describes)."""
+    the behaviour by correctness, as docs/method.md describes)."""
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The scripted teacher: a research instrument, not the paper's teacher.
 
-A 135M model teacher writes incoherent feedback even when it is shown the worked solution (DESIGN.md), so on CPU a
+A 135M model teacher writes incoherent feedback even when it is shown the worked solution (measured), so on CPU a
 run with it cannot tell whether the *method* works or only that its teacher is weak. This backend takes the
 teacher's quality out of the question: it writes the feedback itself, from templates, for tasks whose rows carry
 worked steps (the built-in ``arithmetic`` task and GSM8K). The result goes through exactly the path a model
@@ -9,7 +9,7 @@ teacher's output does (the same tagged text, the same parser, splice, mask and l
 
 What it does, per case:
 
-* **Behaviour** (METHOD.md, "The four cognitive behaviours"), chosen by the reward's verdict on the student's own
+* **Behaviour** (docs/method.md, "The four cognitive behaviours"), chosen by the reward's verdict on the student's own
   response: an incorrect response gets *self-conflict* or *self-consultation*, a correct one *self-agreement* or
   *self-critique*. An incorrect response whose stated number is the reference anyway (e.g. right number, missing
   ``\\boxed{}`` under a strict reward) gets self-consultation: claiming a contradiction would be false there.
@@ -40,7 +40,7 @@ BEHAVIOURS_BY_CORRECTNESS: dict[bool, tuple[str, str]] = {
     False: ("self-conflict", "self-consultation"),
     True: ("self-agreement", "self-critique"),
 }
-"""The two behaviours METHOD.md demonstrates on an incorrect (False) and on a correct (True) response."""
+"""The two behaviours docs/method.md demonstrates on an incorrect (False) and on a correct (True) response."""
 
 FINAL = "The final answer is \\boxed{{{answer}}}."
 

@@ -3,7 +3,7 @@
 Two savings, both exact (the gradient is the same as with the plain in-order split):
 
 * **Sort by length.** A micro-batch is padded to its longest row, so rows of similar length go together. The
-  loss normaliser is computed over the whole mini-batch before the split (``trainer._update``), so the order in
+  loss normaliser is computed over the whole mini-batch before the split (``train.update.Update``), so the order in
   which rows are accumulated does not change the sum.
 * **Skip rows whose advantage is exactly 0** when nothing else in the loss depends on them (no KL term). Such a row
   contributes ``-0 * weight`` to every token's loss (ordinary and shaped tokens alike, see ``loss.policy_loss``), so

@@ -23,6 +23,7 @@ from thinktuning.data.load import load_examples, step_examples
 from thinktuning.errors import ConfigError, DatasetError
 from thinktuning.guidance import rules
 from thinktuning.guidance.guide import Guide, TeacherWatch
+from thinktuning.jsonl import JsonlWriter, truncate_jsonl
 from thinktuning.models import lora
 from thinktuning.models.load import context_limit, encode_user_turns, end_of_turn_id, load_model, load_tokenizer
 from thinktuning.models.resolve import resolve
@@ -33,8 +34,7 @@ from thinktuning.rollout.engine import RolloutEngine
 from thinktuning.rollout.sampler import TransformersEngine
 from thinktuning.rollout.types import Trajectory
 from thinktuning.run import checkpoint as ckpt
-from thinktuning.run import folder as runlog
-from thinktuning.run import tracking
+from thinktuning.run import folder, tracking
 from thinktuning.run.progress import Progress
 from thinktuning.teacher.build import build_teacher, needs_frozen_student
 from thinktuning.train import distributed, steplog
@@ -90,7 +90,7 @@ class ThinkTuningTrainer:
         random.seed(cfg.seed)
         self.run_dir = Path(cfg.output_dir)
         if self.is_main:  # refuse a foreign folder before any slow loading; create it only once inputs are valid
-            runlog.check_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+            folder.check_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
 
     def _build_data(self) -> None:
         cfg = self.cfg
@@ -108,7 +108,7 @@ class ThinkTuningTrainer:
 
     def _build_run_dir(self, resume: bool, overwrite: bool) -> None:
         if self.is_main:
-            runlog.prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+            folder.prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
         self.accelerator.wait_for_everyone()
         self.resume_from = ckpt.latest_checkpoint(self.run_dir) if resume else None
 
@@ -171,13 +171,13 @@ class ThinkTuningTrainer:
             log.warning("--resume: %s has no complete checkpoint yet; starting again from step 0", self.run_dir)
         if resume and self.is_main:  # drop what was logged after the checkpoint (everything, without one)
             for name in ("metrics.jsonl", "rollouts.jsonl"):
-                runlog.truncate_jsonl(self.run_dir / name, self.start_step)
+                truncate_jsonl(self.run_dir / name, self.start_step)
 
     def _open_logs(self) -> None:
         cfg = self.cfg
         if not self.is_main:
             return
-        runlog.write_run_header(self.run_dir, cfg, {
+        folder.write_run_header(self.run_dir, cfg, {
             "student": self.student_spec.__dict__, "total_steps": self.total_steps,
             "data": self.data_stats.__dict__,
             "teacher": ({"backend": cfg.teacher.backend,  # scripted: templates, no model to name
@@ -185,8 +185,8 @@ class ThinkTuningTrainer:
                         if cfg.guidance.enabled else None),
             "resumed_from": str(self.resume_from) if self.resume_from else None,
         })
-        self.metrics_out = runlog.JsonlWriter(self.run_dir / "metrics.jsonl")
-        self.rollouts_out = runlog.JsonlWriter(self.run_dir / "rollouts.jsonl")
+        self.metrics_out = JsonlWriter(self.run_dir / "metrics.jsonl")
+        self.rollouts_out = JsonlWriter(self.run_dir / "rollouts.jsonl")
         self.trackers = tracking.Trackers(cfg.report_to, self.run_dir, cfg.to_dict())
 
     def _student(self) -> torch.nn.Module:
