@@ -365,3 +365,23 @@ def test_keyword_overrides_are_validated() -> None:
         load_config(None, [], max_steps=0)
     with pytest.raises(ConfigError, match=r"^seed must be int, got 'x'$"):
         load_config(None, [], seed="x")
+
+
+def test_presets_say_only_what_differs_from_their_base():
+    demo, base = load_config("cpu-demo").to_dict(), load_config("grpo-baseline").to_dict()
+    differ = {k for k in demo if demo[k] != base[k]}
+    assert differ == {"preset", "output_dir", "guidance"}
+    assert base["guidance"] == {**demo["guidance"], "enabled": False}
+    assert load_config("cpu-scripted").teacher.backend == "scripted"
+
+
+def test_a_user_yaml_can_start_from_a_preset_and_bases_may_not_circle(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: grpo-baseline\nrollout:\n  group_size: 5\n")
+    cfg = load_config(str(mine))
+    assert (cfg.rollout.group_size, cfg.guidance.enabled, cfg.rollout.max_new_tokens) == (5, False, 96)
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(f"base: {b}\n")
+    b.write_text(f"base: {a}\n")
+    with pytest.raises(ConfigError, match="bases form a circle"):
+        load_config(str(a))

@@ -73,7 +73,28 @@ def _parse_override(cfg: ThinkTuningConfig, key: str, raw: str) -> Any:
         return raw
 
 
-def _read_yaml(name: str) -> dict[str, Any]:
+def _read_yaml(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset or YAML file's fields, merged over those of the preset it names as ``base`` (recursively)."""
+    data = _read_one_yaml(name)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{name}: base must name a preset or YAML file, got {base!r}")
+    if base in (*_seen, name):
+        raise ConfigError(f"{name}: its bases form a circle ({' -> '.join((*_seen, name, base))})")
+    return _merge(_read_yaml(base, (*_seen, name)), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, section by section (a section mapping merges; anything else replaces)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_one_yaml(name: str) -> dict[str, Any]:
     path = Path(name)
     if name.endswith((".yaml", ".yml")) or path.exists():
         if not path.is_file():
