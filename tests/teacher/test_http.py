@@ -17,7 +17,8 @@ from thinktuning.errors import ConfigError
 from thinktuning.jsonl import read_jsonl
 from thinktuning.openai_client import OpenAIClient
 from thinktuning.teacher.base import TeacherCase
-from thinktuning.teacher.http import HTTPTeacher, _close_last_phrase, close_phrase, own_answer, render
+from thinktuning.teacher.http import HTTPTeacher, _close_last_phrase, close_phrase, own_answer
+from thinktuning.teacher.prompt import render_tags as render
 
 # ------------------------------------------------------------------------------------------- text rules
 

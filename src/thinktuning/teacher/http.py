@@ -30,8 +30,15 @@ from dataclasses import dataclass, field
 
 from thinktuning.openai_client import Completion, OpenAIClient
 from thinktuning.teacher.base import TeacherCase, TeacherResult
-from thinktuning.teacher.model import CLOSING, chat_prefix, has_final_answer
-from thinktuning.teacher.prompt import OPINIONS, build_messages, parse_feedback
+from thinktuning.teacher.prompt import (
+    CLOSING,
+    OPINIONS,
+    build_messages,
+    chat_prefix,
+    has_final_answer,
+    parse_feedback,
+    render_tags,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +52,6 @@ def close_phrase(phrase: str, answer: str) -> str:
     """``phrase`` followed by "The final answer is \\boxed{answer}." (what ModelTeacher writes)."""
     sep = " " if phrase else ""
     return f"{phrase}{sep}{CLOSING}{answer}}}."
-
-
-def render(opinion: str, reason: str, phrase: str) -> str:
-    """The tagged text that is parsed and stored as ``teacher_raw`` (the same layout ModelTeacher produces)."""
-    return f"<opinion>{opinion}</opinion>\n<reason>{reason}</reason>\n<phrase>{phrase}</phrase>"
 
 
 def own_answer(completion_text: str) -> str | None:
@@ -200,7 +202,7 @@ class HTTPTeacher:
     def _result(self, c: _Case) -> TeacherResult:
         if c.error is not None:
             return TeacherResult(None, "".join(c.raw), c.error)
-        text = render(c.opinion, c.reason, c.phrase)
+        text = render_tags(c.opinion, c.reason, c.phrase)
         fb = parse_feedback(text)
         return TeacherResult(fb, text, None if fb else "unusable feedback (empty field or no answer)")
 

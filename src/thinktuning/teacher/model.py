@@ -23,19 +23,14 @@ from contextlib import AbstractContextManager
 from thinktuning.models.load import end_of_turn_id
 from thinktuning.rollout.decoding import DecodeSession, decode_linears
 from thinktuning.teacher.base import TeacherCase, TeacherResult
-from thinktuning.teacher.prompt import build_messages, parse_feedback
-
-CLOSING = "The final answer is \\boxed{"
-
-
-def has_final_answer(phrase: str) -> bool:
-    """Whether a phrase already ends its answer in a well-formed ``\\boxed{}`` (checked by the parser)."""
-    return parse_feedback(f"<opinion>correct</opinion><reason>x</reason><phrase>{phrase}</phrase>") is not None
-
-
-def chat_prefix(tokenizer, messages: list[dict[str, str]]) -> str:
-    """The chat-formatted prompt text, ending where the assistant's turn begins."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+from thinktuning.teacher.prompt import (
+    CLOSING,
+    build_messages,
+    chat_prefix,
+    has_final_answer,
+    parse_feedback,
+    render_tags,
+)
 
 
 class ModelTeacher:
@@ -151,7 +146,7 @@ class ModelTeacher:
             phrases = self._close(cases, session, phrases)
         results = []
         for o, r, p in zip(opinions, reasons, phrases, strict=True):
-            text = f"<opinion>{o}</opinion>\n<reason>{r}</reason>\n<phrase>{p}</phrase>"
+            text = render_tags(o, r, p)
             fb = parse_feedback(text)
             results.append(TeacherResult(fb, text, None if fb else "unusable feedback (empty field or no answer)"))
         return results

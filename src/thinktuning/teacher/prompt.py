@@ -251,6 +251,26 @@ def parse_feedback(text: str) -> Feedback | None:
     return None
 
 
+def render_tags(opinion: str, reason: str, phrase: str) -> str:
+    """The one layout of the three tagged parts: what every teacher backend's raw output looks like, what the
+    demonstrations show, and what :func:`parse_feedback` reads."""
+    return f"<opinion>{opinion}</opinion>\n<reason>{reason}</reason>\n<phrase>{phrase}</phrase>"
+
+
+CLOSING = "The final answer is \\boxed{"
+"""The closing sentence a teacher's phrase is completed with when it states no final answer of its own."""
+
+
+def has_final_answer(phrase: str) -> bool:
+    """Whether a phrase already ends its answer in a well-formed ``\\boxed{}`` (checked by the parser)."""
+    return parse_feedback(render_tags("correct", "x", phrase)) is not None
+
+
+def chat_prefix(tokenizer, messages: list[dict[str, str]]) -> str:
+    """The chat-formatted prompt text, ending where the assistant's turn begins."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def render_feedback(opinion: str, reason: str, phrase: str) -> str:
     """Render the three parts as the tagged text the teacher is taught to write.
 
@@ -260,7 +280,7 @@ def render_feedback(opinion: str, reason: str, phrase: str) -> str:
     if opinion not in OPINIONS:
         raise ValueError(f"opinion must be one of {OPINIONS}, got {opinion!r}")
     reason, phrase = reason.strip(), phrase.strip()
-    text = f"<opinion>{opinion}</opinion>\n<reason>{reason}</reason>\n<phrase>{phrase}</phrase>"
+    text = render_tags(opinion, reason, phrase)
     if _has_tag(reason) or _has_tag(phrase) or parse_feedback(text) != Feedback(opinion, reason, phrase):
         raise ValueError(
             "reason and phrase must be non-empty, free of opinion/reason/phrase tags, and the phrase must "
