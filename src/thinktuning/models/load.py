@@ -94,9 +94,9 @@ def end_of_turn_id(tokenizer) -> int:
 
 def encode_user_turns(tokenizer, texts: list[str]) -> list[list[int]]:
     """Chat-format and tokenize user turns, ending with the assistant header: the prompts the student sees, in
-    training and in evaluation alike. Rendering the template once per prompt took ~10 ms each (20 s for the default
-    2,000 problems), so we render it once around a sentinel and fill in each text, after checking on the first
-    text that this gives exactly what the template renders."""
+    training and in evaluation alike. Rendering the template per prompt is slow for thousands of prompts
+    (``BENCHMARKS.md``, "Decoding path"), so we render it once around a sentinel and fill in each text, after
+    checking on the first text that this gives exactly what the template renders."""
     def render(text: str) -> str:
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True

@@ -33,9 +33,8 @@ DECODE_ROWS = 256
 def gemm_rows(rows: int) -> int:
     """How many rows to hand the BLAS for ``rows`` real ones: above 8, the next multiple of 8.
 
-    oneMKL's ``W @ x.T`` is fast for 8, 16, 24, 32 columns and slow in between: for 90 cold 1536x576 weights,
-    15 columns took 82 ms and 16 took 38 ms, 31 took 104 ms and 32 took 57 ms (``BENCHMARKS.md``). Zero rows
-    are appended and their outputs dropped; the real rows' products are unchanged."""
+    oneMKL's ``W @ x.T`` is fast for multiples of 8 columns and slow in between (``BENCHMARKS.md``, "Decoding
+    path"). Zero rows are appended and their outputs dropped; the real rows' products are unchanged."""
     return rows if rows <= 8 else -(-rows // 8) * 8
 
 
@@ -58,9 +57,8 @@ def decode_linears(model: torch.nn.Module) -> Iterator[None]:
     """Compute the model's linear layers as ``(W @ x.T).T`` while it decodes a few rows at a time.
 
     Same products, another GEMM shape: for a handful of rows against a weight read from memory, the CPU BLAS
-    (oneMKL in the torch wheel) runs ``x @ W.T`` at 4-8 GB/s and ``W @ x.T`` at 6-16 GB/s on this 2-core machine,
-    and the 49k-row output layer 1.6-4x faster (``BENCHMARKS.md``). A decode step of the 135M model at
-    batch 8 took 122 ms before, 83 ms after, with identical log-probs. Only exact ``nn.Linear`` modules are
+    (oneMKL in the torch wheel) is faster with ``W @ x.T`` than with ``x @ W.T`` (``BENCHMARKS.md``, "Decoding
+    path"), with identical log-probs. Only exact ``nn.Linear`` modules are
     touched (a LoRA or quantized layer keeps its own forward; its inner ``nn.Linear`` parts are patched), only
     without autograd and only up to :data:`DECODE_ROWS` rows, and the patch is removed on exit.
     """
@@ -125,8 +123,8 @@ def _buffered_layer_class():
         def batch_select_indices(self, indices: torch.Tensor) -> None:
             """Keep the rows ``indices``. When each row either stays where it is or comes from past the end of
             the kept batch (the order :func:`fill_holes` gives), only the moved rows' filled part is copied, in
-            place: indexing copied the whole buffer, headroom included (60 ms for a batch of 32 at 150 tokens,
-            a third of a decode step). Any other order indexes a copy."""
+            place: indexing copied the whole buffer, headroom included (``BENCHMARKS.md``, "Decoding path"). Any
+            other order indexes a copy."""
             idx = indices.tolist()
             m = len(idx)
             buf = getattr(self, "_kbuf", None)
@@ -148,8 +146,8 @@ def _buffered_layer_class():
 def buffered_cache():
     """A ``DynamicCache`` of :func:`_buffered_layer_class` layers (same semantics, no per-token copy of the cache).
 
-    ``torch.cat`` of the whole cache was 39% of a teacher decode step (batch 4, 1,500 cached tokens, profiled); in
-    place, that step went from 107 to 89 ms with identical logits. Short student contexts gain nothing measurable.
+    ``torch.cat`` of the whole cache at every token dominated long teacher decodes; growing in blocks gives
+    identical logits (``BENCHMARKS.md``, "Decoding path").
     """
     from transformers import DynamicCache
 
@@ -162,8 +160,8 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     """One token per row from ``probs`` (B, V), by inverting the cumulative distribution at a uniform draw.
 
     The same distribution as ``torch.multinomial(probs, 1)``, at a fraction of the cost: multinomial draws an
-    exponential variate for every vocabulary entry (49k per row here), which measured 10% of a decode step on
-    2 CPU cores; this takes one cumulative sum and one uniform per row. Rows need not be normalised; entries of
+    exponential variate for every vocabulary entry (49k per row here; ``BENCHMARKS.md``, "Decoding path"); this
+    takes one cumulative sum and one uniform per row. Rows need not be normalised; entries of
     probability 0 are never drawn.
     """
     cdf = probs.float().cumsum(-1)
