@@ -17,3 +17,21 @@ def test_a_counter_that_appears_later_counts_from_zero() -> None:
     deltas = CounterDeltas("x/")
     deltas({"a": 2})
     assert deltas({"a": 2, "b": 5}) == {"x/a": 0, "x/b": 5}
+
+
+def _traj(group: int, own: float, reward: float):
+    from thinktuning.data.examples import Example
+    from thinktuning.rollout.types import Trajectory
+
+    t = Trajectory(Example(id="x", question="q", prompt="p", reference="1"), group, [1], [2], True)
+    t.student_correct, t.reward = own, reward
+    return t
+
+
+def test_groups_rescued_counts_groups_whose_only_signal_came_from_guidance() -> None:
+    from thinktuning.train.steplog import groups_rescued
+
+    rescued = [_traj(0, 0.0, 0.0), _traj(0, 0.0, 1.0)]     # own rewards all 0; a guided rollout now scores 1
+    had_signal = [_traj(1, 1.0, 1.0), _traj(1, 0.0, 1.0)]  # its own rollouts already differed
+    still_flat = [_traj(2, 0.0, 0.0), _traj(2, 0.0, 0.0)]  # guidance did not change a reward
+    assert groups_rescued(rescued + had_signal + still_flat) == 1

@@ -40,6 +40,7 @@ def step_metrics(
         "guidance/no_feedback": sum(s.no_feedback for s in seqs),
         "guidance/teacher_token_fraction": teacher_tokens / max(resp_tokens, 1),
         "guidance/reward_guided": mean([s.reward for s in guided]),
+        "guidance/groups_rescued": groups_rescued(seqs),
         "guidance/reward_unguided": mean([s.reward for s in unguided]),
         "loss": upd.pop("loss"),
         "loss/shaped_weight_mean": upd.get("shaped_weight_mean", 0.0),
@@ -52,6 +53,15 @@ def step_metrics(
         "reward/unparsed_references": unparsed_references,
         **{f"loss/{k}": v for k, v in upd.items()},
     }
+
+
+def groups_rescued(seqs: list[Trajectory]) -> int:
+    """Groups with no learning signal of their own (every rollout's own correctness the same, so every GRPO
+    advantage 0) whose final rewards differ after guidance: the signal guidance created."""
+    groups: dict[int, list[Trajectory]] = {}
+    for s in seqs:
+        groups.setdefault(s.group, []).append(s)
+    return sum(len({s.student_correct for s in g}) == 1 and len({s.reward for s in g}) > 1 for g in groups.values())
 
 
 class CounterDeltas:
