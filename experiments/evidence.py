@@ -149,6 +149,10 @@ def eval_command(piece: Piece, model: str, which: str, output: Path, max_new_tok
     return cmd
 
 
+CODE: Path | None = None
+"""With ``--code DIR`` (a git worktree of this repository), training and evaluation import the package from
+``DIR/src``: a frozen snapshot, so editing the checkout while pieces run cannot change or break them."""
+
 _print_lock = threading.Lock()
 _git_lock = threading.Lock()
 
@@ -162,6 +166,8 @@ def run(cmd: list[str], log: Path) -> float:
     """Run one CLI command on one thread, its output appended to ``log``; stop the piece if it fails."""
     t0 = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if CODE is not None:
+        env["PYTHONPATH"] = str(CODE / "src")
     with log.open("a") as fh:
         fh.write(f"\n$ {shlex.join(cmd)}\n")
         fh.flush()
@@ -196,7 +202,7 @@ def machine() -> dict:
 
     import torch
 
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CODE or ROOT, capture_output=True, text=True).stdout.strip()
     return {"commit": head, "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpus": os.cpu_count(), "python": platform.python_version(), "threads_per_piece": 1}
 
@@ -249,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", default=str(RESULTS), help="where finished pieces are written (committed)")
     ap.add_argument("--no-commit", action="store_true", help="write results but do not git-commit them")
     ap.add_argument("--keep-runs", action="store_true", help="keep checkpoints after a piece is committed")
+    ap.add_argument("--code", default=None, metavar="DIR",
+                    help="run the package from this git worktree's src/ (a frozen snapshot of the code)")
     ap.add_argument("--list", action="store_true", help="print each piece of the plan as done or left, and exit")
     args = ap.parse_args(argv)
+    global CODE
+    CODE = Path(args.code).resolve() if args.code else None
     pieces = [Piece.parse(p) for p in (args.pieces.split(",") if args.pieces else budget_order())]
     left = [p for p in pieces if not p.done(Path(args.results))]
     if args.list:
