@@ -81,3 +81,40 @@ def test_bad_files_are_refused(tmp_path, content, match):
         load_results(tmp_path / "x.json")
     with pytest.raises(CompareError, match="no such file"):
         load_results(tmp_path / "missing.json")
+
+
+def _with_items(spec: str, correct: list[bool]) -> dict:
+    res = _results(spec, sum(correct) / len(correct), 50.0, 0.0)
+    res["benchmarks"]["gsm8k"]["items"] = [
+        {"id": f"q{i}", "samples": [{"correct": c}]} for i, c in enumerate(correct)]
+    return res
+
+
+def test_labelled_results_are_grouped_by_arm_with_intervals(tmp_path):
+    base = _write(tmp_path / "z.json", _with_items("zero", [False] * 10))
+    # three seeds of an arm that solves items 0-4 in every seed: +0.5; a replicate's difference is the share of drawn
+    # items among 0-4, Binomial(10, 1/2) / 10, whose 2.5% and 97.5% points are 0.2 and 0.8 (P(X <= 1) = 0.011,
+    # P(X <= 2) = 0.055) -> [+0.2, +0.8], excluding 0
+    arm = [_write(tmp_path / f"a{s}.json", _with_items("arm", [True] * 5 + [False] * 5)) for s in range(3)]
+    table = compare_table([f"zero-shot={base}", *[f"tt={p}" for p in arm]])
+    header = _row(table, "metric")
+    assert header == ["metric", "zero-shot (n=1)", "tt (n=3)", "Δ tt [95% CI]"]
+    row = _row(table, "gsm8k accuracy")
+    assert row[1] == "0.000" and row[2] == "0.500 ± 0.000"
+    assert row[3] == "+0.500 [+0.200, +0.800]*"
+    assert _row(table, "gsm8k mean_response_tokens")[2:] == ["50.0 ± 0.000", "+0.0"]
+
+
+def test_seed_spread_gives_a_t_interval(tmp_path):
+    # accuracies 0.1, 0.2, 0.3 over 10 items: mean 0.2, sd 0.1, t(2) 4.303 -> half-width 0.2484
+    runs = [_write(tmp_path / f"s{k}.json", _with_items("m", [True] * k + [False] * (10 - k))) for k in (1, 2, 3)]
+    table = compare_table([f"arm={p}" for p in runs])
+    assert _row(table, "gsm8k accuracy")[1] == "0.200 ± 0.248"
+
+
+def test_different_benchmark_sets_are_a_caveat(tmp_path):
+    first = _results("m1", 0.5, 10.0, 0.0)
+    second = _results("m2", 0.5, 10.0, 0.0)
+    second["benchmarks"]["math500"] = {"version": "x", "metrics": {"accuracy": 0.1}, "reflection": {}}
+    table = compare_table([_write(tmp_path / "1.json", first), _write(tmp_path / "2.json", second)])
+    assert "benchmark sets differ" in table and "not comparable" in table

@@ -1,5 +1,9 @@
 """``thinktuning compare``: one Markdown table of several eval results, a column per run and its delta to the first.
 
+Results given as ``LABEL=FILE`` that share a label are one arm over several seeds: its cell is the mean with a 95%
+t-interval across seeds, and each accuracy delta to the first arm comes with a paired bootstrap interval over items
+and seeds (:mod:`thinktuning.eval.stats`); ``*`` marks a difference whose interval excludes 0.
+
 The table is what goes into a paper draft or a pull request: per benchmark accuracy (and pass@k / maj@k when
 sampled), response length and truncation, then the macro average and the reflection rates. Settings that make
 numbers incomparable (samples, max_new_tokens, limit, answer fallback, data versions) are listed under the table
@@ -14,6 +18,7 @@ from typing import Any
 
 from thinktuning.errors import CompareError
 from thinktuning.eval.evaluate import RESULTS_NAME
+from thinktuning.eval.stats import mean_ci, paired_bootstrap, significant
 
 __all__ = ["compare_table", "load_results"]
 
@@ -98,6 +103,11 @@ def _rows(results: list[dict[str, Any]]) -> list[tuple[str, list[Any]]]:
 
 def _notes(results: list[dict[str, Any]], labels: list[str]) -> list[str]:
     notes = []
+    sets = [sorted(r["benchmarks"]) for r in results]
+    if any(s != sets[0] for s in sets):
+        notes.append("- benchmark sets differ (" + "; ".join(f"{lab}: {', '.join(s)}" for lab, s in
+                                                              zip(labels, sets, strict=True))
+                     + "): the macro averages are over different benchmarks and are not comparable")
     first = results[0].get("settings", {})
     for key in _COMPARED_SETTINGS:
         values = [r.get("settings", {}).get(key) for r in results]
@@ -111,8 +121,94 @@ def _notes(results: list[dict[str, Any]], labels: list[str]) -> list[str]:
     return notes
 
 
+def _split_label(arg: str | Path) -> tuple[str | None, str | Path]:
+    """``LABEL=PATH`` -> (LABEL, PATH); a plain path (even one holding '=') has no label."""
+    text = str(arg)
+    label, sep, rest = text.partition("=")
+    if sep and label and not Path(text).exists() and "/" not in label:
+        return label, rest
+    return None, arg
+
+
 def compare_table(args: list[str | Path]) -> str:
     """The Markdown document: a header line per run (file, model, settings), the table, and any caveats."""
+    if not args:
+        raise CompareError("compare needs at least one eval results file or run folder")
+    split = [_split_label(a) for a in args]
+    if any(label is not None for label, _ in split):
+        return _grouped_table([(label or _label(load_results(path)), load_results(path)) for label, path in split])
+    return _plain_table(args)
+
+
+def _item_scores(res: dict[str, Any], bench: str) -> dict[str, float]:
+    """Per item id, the mean correctness of its samples (accuracy for greedy, avg@k when sampled)."""
+    out = {}
+    for item in res["benchmarks"].get(bench, {}).get("items", []):
+        samples = item.get("samples") or []
+        if samples:
+            out[str(item["id"])] = sum(bool(s.get("correct")) for s in samples) / len(samples)
+    return out
+
+
+def _cell(values: list[Any]) -> str:
+    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not nums:
+        return "–"
+    m, _lo, hi = mean_ci([float(v) for v in nums])
+    return _fmt(m) if len(nums) == 1 else f"{_fmt(m)} ± {abs(hi - m):.3f}"
+
+
+def _grouped_table(labelled: list[tuple[str, dict[str, Any]]]) -> str:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for label, res in labelled:
+        groups.setdefault(label, []).append(res)
+    labels = list(groups)
+    first = labels[0]
+    head = ["metric", *[f"{lab} (n={len(groups[lab])})" for lab in labels[:1]]]
+    for lab in labels[1:]:
+        head += [f"{lab} (n={len(groups[lab])})", f"Δ {lab} [95% CI]"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by_label_rows = {lab: _rows(groups[lab]) for lab in labels}
+    names = [n for n, _ in _rows([r for lab in labels for r in groups[lab]])]
+    caveats = []
+    for name in names:
+        vals = {lab: dict(by_label_rows[lab]).get(name, []) for lab in labels}
+        cells = [name, _cell(vals[first])]
+        for lab in labels[1:]:
+            cells.append(_cell(vals[lab]))
+            bench, _, metric = name.partition(" ")
+            if metric == "accuracy" and not bench.startswith("**"):
+                cells.append(_boot_cell(groups[lab], groups[first], bench, caveats, lab))
+            else:
+                a = [v for v in vals[lab] if isinstance(v, (int, float))]
+                b = [v for v in vals[first] if isinstance(v, (int, float))]
+                cells.append(_delta(sum(a) / len(a), sum(b) / len(b)) if a and b else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = _notes([r for lab in labels for r in groups[lab]], [lab for lab in labels for _ in groups[lab]])
+    doc = ["# Evaluation comparison", "",
+           "Cells: mean over an arm's results (seeds) ± the half-width of its 95% t-interval. Accuracy deltas to "
+           f"**{first}**: paired bootstrap over items and seeds (2,000 replicates), 95% percentile interval; `*` "
+           "marks an interval that excludes 0.", "", *lines, ""]
+    if caveats or notes:
+        doc += ["Caveats:", *caveats, *notes, ""]
+    return "\n".join(doc)
+
+
+def _boot_cell(arm: list[dict[str, Any]], base: list[dict[str, Any]], bench: str, caveats: list[str],
+               label: str) -> str:
+    arm_scores = [_item_scores(r, bench) for r in arm]
+    base_scores = [_item_scores(r, bench) for r in base]
+    ids = sorted(set.intersection(*(set(s) for s in arm_scores + base_scores))) if arm_scores and base_scores else []
+    if not ids or any(len(s) != len(ids) for s in arm_scores + base_scores):
+        caveats.append(f"- {label} {bench}: results do not hold the same items, so no paired interval")
+        return "–"
+    d, lo, hi = paired_bootstrap([[s[i] for i in ids] for s in arm_scores], [[s[i] for i in ids] for s in base_scores])
+    star = "*" if significant(lo, hi) else ""
+    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{star}"
+
+
+def _plain_table(args: list[str | Path]) -> str:
+    """One column per result and its delta to the first (no grouping, no intervals)."""
     if not args:
         raise CompareError("compare needs at least one eval results file or run folder")
     results = [load_results(a) for a in args]
