@@ -82,3 +82,26 @@ def test_k_values_and_mean():
     assert k_values(6) == [1, 2, 4, 6]
     assert mean([0.5, 1.0, 0.0]) == 0.5
     assert mean([]) == 0.0
+
+
+def test_repeats_finds_an_answer_loop_and_not_a_short_echo():
+    from thinktuning.eval.metrics import repeats
+
+    loop = "3 + 4 = 7. " + "The final answer is \\boxed{7}. " * 3
+    assert repeats(loop)
+    assert not repeats("The final answer is \\boxed{7}. The final answer is \\boxed{7}.")  # twice is not a loop
+    assert not repeats("7. 7. 7. 7.")  # too short to be a sentence
+
+
+def test_answer_change_compares_the_last_answer_with_the_first():
+    from thinktuning.eval.metrics import answer_change
+    from thinktuning.rewards.answers import boxed_answers
+
+    text = "53 + 43 = 92, so \\boxed{92}. Let me check my work: 53 + 43 = 96. The answer is \\boxed{96}."
+    assert boxed_answers(text) == ["92", "96"]
+    assert answer_change(boxed_answers(text), "96") == "wrong->right"
+    assert answer_change(["96", "92"], "96") == "right->wrong"
+    assert answer_change(["90", "92"], "96") == "wrong->wrong"
+    assert answer_change(["1,000", "1000"], "1000") == "kept"
+    assert answer_change([], "1") is None
+    assert boxed_answers("\\boxed{} then \\boxed{\\boxed{5}} and \\boxed{6") == ["5"]  # empty and unclosed skipped

@@ -8,9 +8,10 @@ exact-ish in floating point where the binomials themselves would overflow (n = 1
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
-__all__ = ["avg_at_k", "k_values", "maj_at_k", "mean", "pass_at_k"]
+__all__ = ["answer_change", "avg_at_k", "k_values", "maj_at_k", "mean", "pass_at_k", "repeats"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -75,3 +76,43 @@ def k_values(n: int) -> list[int]:
 def mean(values: Sequence[float]) -> float:
     """Arithmetic mean; 0.0 for no values (a benchmark with no items never reaches here, loading refuses it)."""
     return sum(values) / len(values) if values else 0.0
+
+
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?\n]?")
+
+
+def repeats(text: str, times: int = 3, min_words: int = 4) -> bool:
+    """Whether a sentence of at least ``min_words`` words occurs ``times`` times or more: the loop a response falls
+    into when it does not stop after its answer ("The final answer is \\boxed{7}." until the token limit)."""
+    counts: dict[str, int] = {}
+    for m in _SENTENCE.finditer(text):
+        sentence = " ".join(m.group(0).split()).strip(" .!?").lower()
+        if len(sentence.split()) >= min_words:
+            counts[sentence] = counts.get(sentence, 0) + 1
+            if counts[sentence] >= times:
+                return True
+    return False
+
+
+def _same_answer(a: str, b: str) -> bool:
+    try:
+        return float(a.replace(",", "")) == float(b.replace(",", ""))
+    except ValueError:
+        return "".join(a.split()) == "".join(b.split())
+
+
+def answer_change(answers: Sequence[str], reference: str) -> str | None:
+    """What a response's later answers did to its first: ``"wrong->right"``, ``"right->wrong"``, ``"wrong->wrong"``
+    (a different wrong answer), or ``"kept"``; None when it gave fewer than one answer. Judged by the last answer
+    against the first, with numbers compared as numbers."""
+    if not answers:
+        return None
+    first, last = answers[0], answers[-1]
+    if _same_answer(first, last):
+        return "kept"
+    first_ok, last_ok = _same_answer(first, reference), _same_answer(last, reference)
+    if last_ok and not first_ok:
+        return "wrong->right"
+    if first_ok and not last_ok:
+        return "right->wrong"
+    return "wrong->wrong"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["extract_answer", "extract_boxed", "extract_last_number"]
+__all__ = ["boxed_answers", "extract_answer", "extract_boxed", "extract_last_number"]
 
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # A sign counts only where it cannot be a binary minus ("10-5" is a subtraction, not -5).
@@ -32,6 +32,12 @@ def _top_level_boxes(text: str) -> list[str | None]:
             return boxes
         boxes.append(text[m.end() : close])
         pos = close + 1
+
+
+def boxed_answers(text: str) -> list[str]:
+    """Every closed, non-empty top-level box in order, nested boxes unwrapped: the answers a response gave, first
+    to last (how often a later answer differs from the first is what a self-check changed)."""
+    return [b for b in (_unwrap_boxes(x).strip() for x in _top_level_boxes(text) if x is not None) if b]
 
 
 def extract_boxed(text: str) -> str | None:
