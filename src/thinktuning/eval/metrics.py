@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["answer_change", "avg_at_k", "k_values", "maj_at_k", "mean", "pass_at_k", "repeats"]
+__all__ = ["answer_change", "avg_at_k", "k_values", "maj_at_k", "mean", "pass_at_k", "repeats", "same_answer"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -94,7 +94,8 @@ def repeats(text: str, times: int = 3, min_words: int = 4) -> bool:
     return False
 
 
-def _same_answer(a: str, b: str) -> bool:
+def same_answer(a: str, b: str) -> bool:
+    """Numbers compared as numbers (``1,000`` is ``1000``), anything else as text without whitespace."""
     try:
         return float(a.replace(",", "")) == float(b.replace(",", ""))
     except ValueError:
@@ -108,9 +109,9 @@ def answer_change(answers: Sequence[str], reference: str) -> str | None:
     if not answers:
         return None
     first, last = answers[0], answers[-1]
-    if _same_answer(first, last):
+    if same_answer(first, last):
         return "kept"
-    first_ok, last_ok = _same_answer(first, reference), _same_answer(last, reference)
+    first_ok, last_ok = same_answer(first, reference), same_answer(last, reference)
     if last_ok and not first_ok:
         return "wrong->right"
     if first_ok and not last_ok:

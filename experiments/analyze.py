@@ -1,0 +1,283 @@
+"""Read the evidence experiment's committed pieces and write its tables, curves and quotes.
+
+    .venv/bin/python experiments/analyze.py            # -> experiments/results/SUMMARY.md and experiments/figures/
+
+Everything is computed from what ``experiments/evidence.py`` committed (eval files with every response, metrics and
+rollouts), so it runs on any clone, and the pieces finished so far always give a table. Per response, both scoring
+rules are applied here (the paper's: the last ``\\boxed{}`` answer; the lenient one: else the last number), plus
+the boxed rate, the answer-loop rate (:func:`thinktuning.eval.metrics.repeats`), reflection cues and what a second
+answer did to the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from thinktuning.eval.compare import compare_table
+from thinktuning.eval.metrics import answer_change, repeats, same_answer
+from thinktuning.eval.reflection import detect
+from thinktuning.eval.stats import mean_ci, paired_bootstrap, significant
+from thinktuning.rewards.answers import boxed_answers, extract_answer
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "grpo"
+
+
+def load(path: Path):
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        return json.load(fh) if path.name.endswith(".json.gz") else [json.loads(line) for line in fh if line.strip()]
+
+
+def pieces(results: Path) -> list[dict]:
+    out = []
+    for info_path in sorted(results.glob("*/*/seed*/piece.json")):
+        info = json.loads(info_path.read_text())
+        info["dir"] = info_path.parent
+        out.append(info)
+    return out
+
+
+def score(text: str, reference: str, truncated: bool, rule: str) -> float:
+    ans = extract_answer(text, "none" if rule == "paper" else "last_number")
+    return float(not truncated and ans is not None and same_answer(ans, reference))
+
+
+def item_table(ev: dict) -> dict[str, dict]:
+    """Per item id: both rules' scores (mean over samples), and per-response behaviour flags."""
+    out = {}
+    for item in ev["benchmarks"]["arithmetic"]["items"]:
+        rows = []
+        for s in item["samples"]:
+            text, trunc = s["response"], s["truncated"]
+            rows.append({"paper": score(text, item["reference"], trunc, "paper"),
+                         "lenient": score(text, item["reference"], trunc, "lenient"),
+                         "boxed": float(bool(boxed_answers(text))), "tokens": s["tokens"],
+                         "loop": float(repeats(text)), "reflect": float(any(detect(text).values())),
+                         "change": answer_change(boxed_answers(text), item["reference"]) if len(boxed_answers(text)) > 1
+                         else None})
+        out[str(item["id"])] = rows
+    return out
+
+
+def summarise(table: dict[str, dict]) -> dict[str, float]:
+    flat = [r for rows in table.values() for r in rows]
+    m = {k: sum(r[k] for r in flat) / len(flat) for k in ("paper", "lenient", "boxed", "tokens", "loop", "reflect")}
+    changes = [r["change"] for r in flat if r["change"]]
+    for kind in ("wrong->right", "right->wrong", "wrong->wrong", "kept"):
+        m[f"second answer {kind}"] = sum(c == kind for c in changes) / len(flat)
+    m["pass@4 " + "paper"] = sum(any(r["paper"] for r in rows) for rows in table.values()) / len(table)
+    m["pass@4 " + "lenient"] = sum(any(r["lenient"] for r in rows) for rows in table.values()) / len(table)
+    return m
+
+
+GREEDY_KEYS = [("paper", "accuracy, paper rule (boxed)"), ("lenient", "accuracy, lenient rule (last number)"),
+               ("boxed", "boxed rate"), ("tokens", "mean response tokens"), ("loop", "answer-loop rate"),
+               ("reflect", "any reflection cue"), ("second answer wrong->right", "2nd answer fixed a wrong 1st"),
+               ("second answer right->wrong", "2nd answer broke a right 1st")]
+
+
+def fmt(values: list[float]) -> str:
+    m, _lo, hi = mean_ci(values)
+    if math.isnan(m):
+        return "–"
+    spec = ".1f" if abs(m) >= 10 else ".3f"
+    return f"{m:{spec}}" if len(values) == 1 else f"{m:{spec}} ± {hi - m:{spec}}"
+
+
+def arm_table(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
+    arms = [a for a in ("zero-shot", "grpo", "grpo-format", "tt-scripted-const", "tt-scripted-paper",
+                        "tt-scripted-const-luffy", "tt-model-const") if a in by_arm]
+    head = ["arm", "seeds", *[name for _, name in GREEDY_KEYS], "pass@4 (100 items, T=1)",
+            f"Δ acc vs {BASELINE} [95% CI], paper rule", f"Δ acc vs {BASELINE} [95% CI], lenient rule"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        ps = by_arm[arm]
+        cells = [labels[arm], str(len(ps))]
+        cells += [fmt([p["greedy"][k] for p in ps]) for k, _ in GREEDY_KEYS]
+        cells.append(fmt([p["pass4"][f"pass@4 {rule}"] for p in ps if "pass4" in p]))
+        for which in ("paper", "lenient"):
+            if arm == BASELINE or BASELINE not in by_arm:
+                cells.append("–")
+                continue
+            ids = sorted(set.intersection(*(set(p["items"]) for p in by_arm[arm] + by_arm[BASELINE])))
+            a = [[sum(r[which] for r in p["items"][i]) / len(p["items"][i]) for i in ids] for p in ps]
+            b = [[sum(r[which] for r in p["items"][i]) / len(p["items"][i]) for i in ids] for p in by_arm[BASELINE]]
+            d, lo, hi = paired_bootstrap(a, b)
+            cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + ("*" if significant(lo, hi) else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def curves(rollouts: list[dict]) -> dict[str, list[float]]:
+    """Per step, over the student's own (unguided) rollouts: reward, boxed rate, reflection rate, loop rate."""
+    steps: dict[int, list[dict]] = defaultdict(list)
+    for r in rollouts:
+        if not r.get("guided"):
+            steps[r["step"]].append(r)
+    out: dict[str, list[float]] = {"step": [], "reward": [], "boxed": [], "reflect": [], "loop": []}
+    for step in sorted(steps):
+        rs = steps[step]
+        out["step"].append(step)
+        out["reward"].append(sum(r["student_correct"] for r in rs) / len(rs))
+        out["boxed"].append(sum(bool(boxed_answers(r["response"])) for r in rs) / len(rs))
+        out["reflect"].append(sum(any(detect(r["response"]).values()) for r in rs) / len(rs))
+        out["loop"].append(sum(repeats(r["response"]) for r in rs) / len(rs))
+    return out
+
+
+def plot_curves(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str], out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [a for a in by_arm if a != "zero-shot" and any("curves" in p for p in by_arm[a])]
+    if not arms:
+        return None
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    for arm in arms:
+        cs = [p["curves"] for p in by_arm[arm] if "curves" in p]
+        n = min(len(c["step"]) for c in cs)
+        steps = cs[0]["step"][:n]
+        for ax, key, title in zip(axes, ("reward", "boxed", "reflect", "loop"),
+                                  ("own rollouts: correct (training rule)", "own rollouts: boxed rate",
+                                   "own rollouts: reflection cue", "own rollouts: answer loop"), strict=True):
+            ys = [[c[key][i] for c in cs] for i in range(n)]
+            win = 5  # a 5-step moving average: 16 rollouts a step are noisy
+            mean = [sum(sum(y) / len(y) for y in ys[max(0, i - win + 1): i + 1]) / len(ys[max(0, i - win + 1): i + 1])
+                    for i in range(n)]
+            lo = [min(sum(y[j] for y in ys[max(0, i - win + 1): i + 1]) / len(ys[max(0, i - win + 1): i + 1])
+                      for j in range(len(cs))) for i in range(n)]
+            hi = [max(sum(y[j] for y in ys[max(0, i - win + 1): i + 1]) / len(ys[max(0, i - win + 1): i + 1])
+                      for j in range(len(cs))) for i in range(n)]
+            line, = ax.plot(steps, mean, label=f"{labels[arm]} (n={len(cs)})")
+            if len(cs) > 1:
+                ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+            ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Internalisation, {rule} rule: the student's own rollouts (5-step mean; band: min-max over seeds)")
+    fig.tight_layout()
+    path = out / f"curves-{rule}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(by_arm)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.6 * len(arms) + 1.8))
+    for ax, which, title in zip(axes, ("paper", "lenient"), ("paper rule (boxed)", "lenient rule (last number)"),
+                                strict=True):
+        for y, arm in enumerate(arms):
+            vals = [p["greedy"][which] for p in by_arm[arm]]
+            m, lo, hi = mean_ci(vals)
+            ax.plot(vals, [y] * len(vals), "o", color="#999", ms=4)
+            ax.plot([m], [y], "D", color="#1f77b4")
+            if not math.isnan(lo):
+                ax.plot([lo, hi], [y, y], "-", color="#1f77b4")
+        ax.set_yticks(range(len(arms)), [labels[a] for a in arms], fontsize=8)
+        ax.set_title(f"held-out accuracy, {title}", fontsize=9)
+        ax.set_xlim(-0.02, max(0.3, ax.get_xlim()[1]))
+    fig.suptitle("Greedy accuracy on 300 held-out arithmetic problems (grey: seeds; blue: mean, 95% t-interval)")
+    fig.tight_layout()
+    path = out / f"accuracy-{rule}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def quotes(by_arm: dict[str, list[dict]], labels: dict[str, str], n: int = 3) -> list[str]:
+    """Guided rollouts as the student saw them: its own words, then the teacher's (between ⟦ and ⟧)."""
+    lines = []
+    for arm, ps in by_arm.items():
+        if not arm.startswith("tt-") or "rollouts" not in ps[0]:
+            continue
+        guided = [r for r in ps[0]["rollouts"] if r.get("guided") and r.get("teacher_span")]
+        if not guided:
+            continue
+        picks = [guided[0], guided[len(guided) // 2], guided[-1]][:n]
+        lines += [f"**{labels[arm]}**, seed {ps[0]['seed']}:", ""]
+        for r in picks:
+            a, b = r["teacher_span"]
+            text = r["response"][:a] + "⟦" + r["response"][a:b] + "⟧" + r["response"][b:]
+            lines += [f"- step {r['step']}, question: {r['question']} (reference {r['reference']}; reward "
+                      f"{r['reward']}, student's own answer was {'right' if r['student_correct'] else 'wrong'})",
+                      "", "  ```", *["  " + t for t in text.splitlines()], "  ```", ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default=str(ROOT / "experiments" / "results"))
+    ap.add_argument("--figures", default=str(ROOT / "experiments" / "figures"))
+    ap.add_argument("--output", default=None, help="default: RESULTS/SUMMARY.md")
+    args = ap.parse_args(argv)
+    results, figures = Path(args.results), Path(args.figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    found = pieces(results)
+    doc = ["# Evidence experiment: generated summary", "",
+           f"Generated by `experiments/analyze.py` from {len(found)} committed piece(s) under `{results.name}/`.", ""]
+    for rule in ("paper", "lenient"):
+        by_arm: dict[str, list[dict]] = defaultdict(list)
+        labels = {}
+        for info in (p for p in found if p["rule"] == rule):
+            d = info["dir"]
+            ev = load(d / "eval-greedy.json.gz")
+            info["items"] = item_table(ev)
+            info["greedy"] = summarise(info["items"])
+            if (d / "eval-pass4.json.gz").is_file():
+                info["pass4"] = summarise(item_table(load(d / "eval-pass4.json.gz")))
+            if (d / "rollouts.jsonl.gz").is_file():
+                info["rollouts"] = load(d / "rollouts.jsonl.gz")
+                info["curves"] = curves(info["rollouts"])
+            by_arm[info["arm"]].append(info)
+            labels[info["arm"]] = info["label"]
+        if not by_arm:
+            continue
+        fallback = "none: only a \\boxed{} answer scores" if rule == "paper" else "last_number"
+        doc += [f"## {rule} rule (training reward: reward.answer_fallback={fallback})",
+                "", *arm_table(rule, by_arm, labels), ""]
+        doc += ["Cells: mean over seeds ± half-width of the 95% t-interval (one seed: no interval). Δ: paired "
+                "bootstrap over the 300 items and the seeds; `*`: the interval excludes 0.", ""]
+        with tempfile.TemporaryDirectory() as tmp:
+            args_cmp = []
+            for arm, ps in by_arm.items():
+                for p in ps:
+                    f = Path(tmp) / f"{arm}-{p['seed']}.json"
+                    f.write_text(json.dumps(load(p["dir"] / "eval-greedy.json.gz")))
+                    args_cmp.append(f"{arm}={f}")
+            order = sorted(args_cmp, key=lambda a: (not a.startswith(BASELINE + "="), a))
+            table = compare_table(order).split("\n", 2)[2]
+        doc += [f"### `thinktuning compare` of the greedy eval files ({rule} rule)", "", table, ""]
+        for path in (plot_accuracy(rule, by_arm, labels, figures), plot_curves(rule, by_arm, labels, figures)):
+            if path is not None:
+                doc += [f"![{path.stem}](../figures/{path.name})", ""]
+        doc += ["### Guided rollouts as the student saw them (teacher's words between ⟦ ⟧)", "",
+                *quotes(by_arm, labels), ""]
+        walls = [(p["piece"], p.get("wall_s", {}), p.get("commit", "")[:7], p.get("cpu_capability")) for ps in
+                 by_arm.values() for p in ps]
+        doc += ["### Pieces", "", "| piece | commit | CPU | wall time (min) |", "|---|---|---|---|"]
+        doc += [f"| {n} | {c} | {cpu} | " + ", ".join(f"{k} {v / 60:.0f}" for k, v in w.items()) + " |"
+                for n, w, c, cpu in walls]
+        doc.append("")
+    out = Path(args.output) if args.output else results / "SUMMARY.md"
+    out.write_text("\n".join(doc))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
