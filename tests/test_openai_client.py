@@ -144,6 +144,47 @@ def test_other_4xx_are_not_retried(status, hint):
     assert done.error.startswith(f"HTTP {status} at {server.base_url}/completions") and hint in done.error
 
 
+def _echoing_401(server_ref: list, pad: int = 0):
+    """401 with a body that repeats the request's Authorization header, as some gateways do; ``pad`` characters
+    before it can place the key across the point where the error text is shortened (160 characters)."""
+    def behaviour(n, body):
+        auth = server_ref[0].requests[-1][1].get("Authorization", "")
+        text = '{"error": "invalid credentials ' + "x" * pad + f' you sent: {auth}"}}'
+        return 401, {}, text.encode(), 0.0
+    return behaviour
+
+
+@pytest.mark.parametrize("pad", [0, 95], ids=["whole-key-in-the-body", "key-across-the-cut"])
+def test_a_server_echoing_the_key_in_an_error_body_never_carries_it_into_the_error(monkeypatch, pad):
+    key = "sk-SECRET-echo-0123456789abcdef"
+    monkeypatch.setenv("TT_TEST_KEY", key)
+    ref: list = []
+    with MisbehavingServer(_echoing_401(ref, pad)) as server:
+        ref.append(server)
+        with OpenAIClient(server.base_url, "m", api_key_env="TT_TEST_KEY") as client:
+            (done,) = client.complete(["x"])
+    assert server.requests[0][1]["Authorization"] == f"Bearer {key}"  # the key did go out, as a header
+    assert done.error.startswith(f"HTTP 401 at {server.base_url}/completions: ")
+    assert "(check the key in $TT_TEST_KEY)" in done.error
+    assert key not in done.error and key[:8] not in done.error  # not whole, and no start of it left by a cut
+    assert "you sent: Bearer ***" in done.error
+
+
+def test_a_password_in_the_base_url_is_masked_in_errors_and_repr():
+    ref: list = []
+    with MisbehavingServer(_echoing_401(ref)) as server:
+        ref.append(server)
+        url = server.base_url.replace("http://", "http://bob:pw-SECRET-42@")
+        with OpenAIClient(url, "m") as client:
+            (done,) = client.complete(["x"])
+            shown = repr(client)
+    assert server.requests[0][1]["Authorization"].startswith("Basic ")  # httpx sends the userinfo as Basic auth
+    masked = server.base_url.replace("http://", "http://***@")
+    assert done.error.startswith(f"HTTP 401 at {masked}/completions: ") and masked in shown
+    for leak in ("pw-SECRET-42", "bob:", server.requests[0][1]["Authorization"].split()[1]):
+        assert leak not in done.error and leak not in shown
+
+
 def test_a_slow_server_times_out_and_is_retried():
     with MisbehavingServer(lambda n, body: (*_ok(n, body)[:3], 1.0)) as server:
         with OpenAIClient(server.base_url, "m", timeout_s=0.2, max_retries=1, backoff_s=0.01) as client:

@@ -1,4 +1,8 @@
-"""Command line: ``thinktuning train``. Errors a user can cause end in one clear line, not a traceback."""
+"""Command line: ``thinktuning train``. Errors a user can cause end in one clear line, not a traceback.
+
+Everything it prints and logs passes through one :class:`~thinktuning.secrets.Scrubber` (``args.scrub``), which
+learns the API key and URL passwords from the arguments and the config as they become known.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import signal
 import sys
 
 from thinktuning.eval import cli as eval_cli
+from thinktuning.secrets import Scrubber, scrubbed_logs
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -18,6 +23,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CompareError,
         ConfigError,
         DatasetError,
+        EvalError,
         ModelError,
         ModelNotFoundError,
         RewardFunctionError,
@@ -25,7 +31,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
     return (ConfigError, DatasetError, ModelNotFoundError, ModelError, RewardFunctionError, RunFolderError,
-            CheckpointError, CompareError)
+            CheckpointError, CompareError, EvalError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,27 +68,52 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides, output_dir=args.output_dir, max_steps=args.max_steps,
                       seed=args.seed, quiet=True if args.quiet else None)
-    print(f"thinktuning train: preset={cfg.preset} student={cfg.model.student} data={cfg.data.name} "
-          f"guidance={'on' if cfg.guidance.enabled else 'off'} -> {cfg.output_dir}", flush=True)
+    say = _Printer(args)
+    say.scrub.learn(key_envs=[cfg.teacher.api_key_env], urls=[cfg.teacher.base_url, cfg.rollout.vllm_server_url])
+    say(f"thinktuning train: preset={cfg.preset} student={cfg.model.student} data={cfg.data.name} "
+        f"guidance={'on' if cfg.guidance.enabled else 'off'} -> {cfg.output_dir}")
     for d in cfg.deviations():
-        print(f"  deviation from the paper: {d}", flush=True)
+        say(f"  deviation from the paper: {d}")
     trainer = ThinkTuningTrainer(cfg, resume=args.resume, overwrite=args.overwrite)
     if trainer.start_step >= trainer.total_steps:
-        print(f"nothing to do: {cfg.output_dir} already finished {trainer.total_steps} steps", flush=True)
+        say(f"nothing to do: {cfg.output_dir} already finished {trainer.total_steps} steps")
         trainer.close()
         return 0
     try:
         trainer.train()
     except KeyboardInterrupt:
-        print(f"aborted; continue from the last complete checkpoint with: {resume_command(args, cfg.output_dir)}",
-              file=sys.stderr, flush=True)
+        say(f"aborted; continue from the last complete checkpoint with: {resume_command(args, cfg.output_dir)}",
+            file=sys.stderr)
         return 130
     if trainer.stopped_at is not None:
-        print(f"stopped at step {trainer.stopped_at}; resume with: {resume_command(args, cfg.output_dir)}",
-              flush=True)
+        say(f"stopped at step {trainer.stopped_at}; resume with: {resume_command(args, cfg.output_dir)}")
         return 128 + (trainer.stop_signal or signal.SIGTERM)
-    print(f"done: {cfg.output_dir} (metrics.jsonl, rollouts.jsonl, checkpoints/)", flush=True)
+    say(f"done: {cfg.output_dir} (metrics.jsonl, rollouts.jsonl, checkpoints/)")
     return 0
+
+
+class _Printer:
+    """``print`` through the run's scrubber (``args.scrub``; a fresh one when a command is called directly)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.scrub: Scrubber = getattr(args, "scrub", None) or Scrubber.from_environment()
+
+    def __call__(self, text: str, file=None) -> None:
+        print(self.scrub(text), file=file or sys.stdout, flush=True)
+
+
+def scrubber_for(args: argparse.Namespace) -> Scrubber:
+    """The secrets the arguments reveal before any config is read: well-known token variables, eval's
+    ``--api-key-env`` and ``--base-url``, and ``--set`` values of key-variable and URL fields."""
+    scrubber = Scrubber.from_environment()
+    envs, urls = [getattr(args, "api_key_env", None)], [getattr(args, "base_url", None)]
+    for item in getattr(args, "overrides", None) or []:
+        key, _, value = item.partition("=")
+        if key.strip().endswith("api_key_env"):
+            envs.append(value.strip())
+        elif key.strip().endswith("_url"):
+            urls.append(value.strip())
+    return scrubber.learn(key_envs=envs, urls=urls)
 
 
 def resume_command(args: argparse.Namespace, output_dir: str) -> str:
@@ -123,12 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    args.scrub = scrubber_for(args)
     try:
         commands = {"train": cmd_train, "report": cmd_report, "eval": eval_cli.cmd_eval,
                     "compare": eval_cli.cmd_compare}
-        return commands[args.command](args)
+        with scrubbed_logs(args.scrub):
+            return commands[args.command](args)
     except _user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {args.scrub(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before the training loop (which handles its own): nothing to save yet
         print("interrupted", file=sys.stderr)

@@ -1,5 +1,8 @@
 """JSON lines, the format of every run log: one reader (strict, or skipping what a crash cut short), one writer,
-and the truncation a resumed run applies. The data loader reads numbered lines through :func:`iter_jsonl`."""
+and the truncation a resumed run applies. The data loader reads numbered lines through :func:`iter_jsonl`, and
+other text files through :func:`read_utf8`: a byte that is not UTF-8 is a :class:`~thinktuning.errors.NotUtf8Error`
+naming the file and line, never a UnicodeDecodeError traceback (whatever ``data.on_bad_row`` says: a file in
+another encoding is wrong as a whole, not in one row)."""
 
 from __future__ import annotations
 
@@ -9,18 +12,41 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from thinktuning.errors import NotUtf8Error
+
+
+def decode_utf8(raw: bytes, path: str | Path) -> str:
+    """``raw`` as text; NotUtf8Error naming the line and column (both from 1, the column in bytes) of the first byte
+    that is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise NotUtf8Error(str(path), line, f"byte 0x{raw[exc.start]:02x} at column {column}: {exc.reason}") from None
+
+
+def read_utf8(path: str | Path) -> str:
+    """A whole UTF-8 text file (see :func:`decode_utf8` for what a byte in another encoding raises)."""
+    return decode_utf8(Path(path).read_bytes(), path)
+
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     """``(line number, record)`` for every non-blank line; a line that is not JSON yields its
-    :class:`json.JSONDecodeError` as the record, so the caller decides what a bad line means."""
-    with Path(path).open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield lineno, exc
+    :class:`json.JSONDecodeError` as the record, so the caller decides what a bad line means. A byte that is not
+    UTF-8 raises NotUtf8Error (naming the line) when the reader reaches it."""
+    try:
+        with Path(path).open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield lineno, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield lineno, exc
+    except UnicodeDecodeError:
+        read_utf8(path)  # the text decoder's offset is within a buffer: find the line in the bytes, and raise
+        raise
 
 
 def read_jsonl(path: str | Path, bad_lines: Literal["error", "skip"] = "error") -> list[dict[str, Any]]:

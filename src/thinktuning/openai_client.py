@@ -10,7 +10,9 @@ warning and in rollouts.jsonl). Transient failures (no connection, timeouts, HTT
 exponential backoff; other 4xx answers are the caller's mistake and would fail again, so they are not.
 
 The API key is read from a named environment variable when the client is built and only ever sent as a
-``Authorization: Bearer`` header: configs and logs name the variable, never the key.
+``Authorization: Bearer`` header: configs and logs name the variable, never the key. A server may echo the header
+back in an error body, so every error string is scrubbed (:class:`~thinktuning.secrets.Scrubber`: the key and any
+``user:pass@`` of the URL become ``***``) before it leaves the client.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2 as httpx
 
 from thinktuning.errors import ConfigError
+from thinktuning.secrets import Scrubber, strip_userinfo
 
 __all__ = ["Completion", "OpenAIClient", "backoff_delay", "normalize_base_url"]
 
@@ -58,13 +61,13 @@ def normalize_base_url(base_url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(
-            f"{base_url!r} is not an http(s) URL; give the server's API root, e.g. "
+            f"{strip_userinfo(base_url or '')!r} is not an http(s) URL; give the server's API root, e.g. "
             "http://127.0.0.1:8000/v1"
         )
     try:
         _ = parts.port  # a non-numeric port raises ValueError here
     except ValueError as e:
-        raise ConfigError(f"{base_url!r}: {e}") from None
+        raise ConfigError(f"{strip_userinfo(base_url)!r}: {e}") from None
     url = url.rstrip("/")
     return url if parts.path.strip("/") else url + "/v1"
 
@@ -119,6 +122,8 @@ class OpenAIClient:
         self.max_backoff_s = max_backoff_s
         self.api_key_env = api_key_env
         headers = {"Content-Type": "application/json"}
+        self.scrub = Scrubber().learn(urls=[self.base_url])
+        """Masks the key and the URL's userinfo in every error string this client returns."""
         if api_key_env:
             key = os.environ.get(api_key_env, "")
             if not key:
@@ -127,14 +132,20 @@ class OpenAIClient:
                     "for a server without a key"
                 )
             headers["Authorization"] = f"Bearer {key}"
+            self.scrub.secrets.add(key)
         self._client = httpx.Client(
             headers=headers, timeout=httpx.Timeout(timeout_s),
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
         self._model_lock = threading.Lock()
 
+    @property
+    def display_url(self) -> str:
+        """The API root as shown to people: without the ``user:pass@`` of the URL."""
+        return self.scrub(self.base_url)
+
     def __repr__(self) -> str:  # never show the key
-        return f"OpenAIClient({self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+        return f"OpenAIClient({self.display_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
 
     def __enter__(self) -> OpenAIClient:
         return self
@@ -168,25 +179,35 @@ class OpenAIClient:
             return list(pool.map(lambda b: self._one(endpoint, b), bodies))
 
     def _one(self, endpoint: str, body: dict[str, Any]) -> Completion:
-        """One request with retries; every failure ends as an error string, never an exception."""
+        """One request with retries; every failure ends as a scrubbed error string, never an exception."""
+        done = self._attempts(endpoint, body)
+        if done.error is None:
+            return done
+        return replace(done, error=self.scrub(done.error))
+
+    def _attempts(self, endpoint: str, body: dict[str, Any]) -> Completion:
         url = f"{self.base_url}/{endpoint}"
+        shown = self.display_url + f"/{endpoint}"
         error = "no attempt made"
         for attempt in range(1, self.max_retries + 2):
             retry_after = None
             try:
                 response = self._client.post(url, json=body)
             except httpx.TimeoutException:
-                error = f"timed out after {self.timeout_s:g}s at {url}"
+                error = f"timed out after {self.timeout_s:g}s at {shown}"
             except httpx.ConnectError as e:
-                error = f"{_connect_reason(e)} at {url}"
+                error = f"{_connect_reason(self.scrub(str(e)))} at {shown}"
             except httpx.TransportError as e:  # connection dropped mid-answer, protocol error, ...
-                error = f"{type(e).__name__} at {url}: {_short(str(e)) or 'no detail'}"
+                error = f"{type(e).__name__} at {shown}: {_short(self.scrub(str(e))) or 'no detail'}"
             except httpx.HTTPError as e:  # not transient (too many redirects, undecodable body): do not retry
-                return Completion(None, error=f"{type(e).__name__} at {url}: {_short(str(e))}", attempts=attempt)
+                return Completion(None, error=f"{type(e).__name__} at {shown}: {_short(self.scrub(str(e)))}",
+                                  attempts=attempt)
             else:
                 if response.status_code == 200:
-                    return _parse(response, url, endpoint, attempt)
-                error = f"HTTP {response.status_code} at {url}: {_short(response.text) or response.reason_phrase}"
+                    return _parse(response, shown, endpoint, attempt, self.scrub)
+                # scrubbed before it is shortened: a cut must not leave the start of an echoed key behind
+                detail = _short(self.scrub(response.text)) or response.reason_phrase
+                error = f"HTTP {response.status_code} at {shown}: {detail}"
                 if response.status_code in (401, 403) and self.api_key_env:
                     error += f" (check the key in ${self.api_key_env})"
                 elif response.status_code in (401, 403):
@@ -245,27 +266,28 @@ class OpenAIClient:
         return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
 
 
-def _connect_reason(e: Exception) -> str:
-    text = str(e).lower()
+def _connect_reason(detail: str) -> str:
+    text = detail.lower()
     if "refused" in text:
         return "connection refused"
     if "name or service" in text or "nodename" in text or "getaddrinfo" in text or "resolve" in text:
         return "host not found"
-    return f"cannot connect ({_short(str(e), 80) or type(e).__name__})"
+    return f"cannot connect ({_short(detail, 80) or 'no detail'})"
 
 
-def _parse(response: httpx.Response, url: str, endpoint: str, attempt: int) -> Completion:
-    """Read an OpenAI-shaped answer; anything else is a short 'bad answer' error (not retried: it would repeat)."""
+def _parse(response: httpx.Response, url: str, endpoint: str, attempt: int, scrub: Scrubber) -> Completion:
+    """Read an OpenAI-shaped answer; anything else is a short 'bad answer' error (not retried: it would repeat).
+    Quoted bodies are scrubbed before they are shortened."""
     try:
         data = response.json()
     except ValueError:
-        return Completion(None, error=f"bad answer from {url}: not JSON ({_short(response.text, 60)!r})",
+        return Completion(None, error=f"bad answer from {url}: not JSON ({_short(scrub(response.text), 60)!r})",
                           attempts=attempt)
     try:
         choice = data["choices"][0]
         text = choice["message"]["content"] if endpoint.startswith("chat") else choice["text"]
     except (KeyError, IndexError, TypeError):
-        return Completion(None, error=f"bad answer from {url}: no choices[0] text in {_short(str(data), 80)!r}",
+        return Completion(None, error=f"bad answer from {url}: no choices[0] text in {_short(scrub(str(data)), 80)!r}",
                           attempts=attempt)
     if not isinstance(text, str):
         return Completion(None, error=f"bad answer from {url}: text is {type(text).__name__}", attempts=attempt)

@@ -95,6 +95,27 @@ def test_set_int_list_as_yaml_list_or_single_value() -> None:
     assert load_config(None, ["data.levels=2"]).data.levels == [2]
 
 
+@pytest.mark.parametrize(
+    ("item", "problem"),
+    [
+        ("data.levels=[1,", "while parsing a flow node: expected the node content, but found '<stream end>'"),
+        ("data.levels=[1, 2", "while parsing a flow sequence: expected ',' or ']', but got '<stream end>'"),
+        ("report_to={tensorboard", "while parsing a flow mapping: expected ',' or '}', but got '<stream end>'"),
+    ],
+)
+def test_set_a_broken_yaml_list_names_the_field_and_the_yaml_problem(item, problem) -> None:
+    key = item.split("=", 1)[0]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [item])
+    assert str(info.value) == (f"--set {item}: not valid YAML ({problem}). Write a list as {key}=[1,2] or {key}=1,2 "
+                               "(quote the whole --set argument in the shell)")
+
+
+def test_set_a_comma_list_item_that_is_not_yaml_is_a_type_error() -> None:
+    with pytest.raises(ConfigError, match=r"^data\.levels must be int, got '\[2'$"):  # the item, not a traceback
+        load_config(None, ["data.levels=1,[2"])
+
+
 def test_set_comma_separated_str_list() -> None:
     cfg = load_config(None, ["reward.functions=a.b:f, c.d:g"])
     assert cfg.reward.functions == ["a.b:f", "c.d:g"]
@@ -224,7 +245,8 @@ def test_mini_batch_must_divide_prompts_per_step() -> None:
 
 def test_boundary_values_are_accepted() -> None:
     cfg = load_config(
-        None, ["rollout.group_size=2", "rollout.top_p=1", "guidance.p_start=0", "guidance.decay_fraction=1"]
+        None, ["rollout.group_size=2", "rollout.top_p=1", "guidance.p_start=0", "guidance.decay_fraction=1",
+               "guidance.cutoff_epsilon=null"]  # with the cutoff, p_start=0 would never guide (test_checks)
     )
     assert (cfg.rollout.group_size, cfg.rollout.top_p) == (2, 1.0)
     assert (cfg.guidance.p_start, cfg.guidance.decay_fraction) == (0.0, 1.0)

@@ -300,3 +300,45 @@ def test_non_text_fields_name_the_row_and_column(tmp_path, name, row, message):
     assert message in str(info.value)
     # numbers are fine where a number is an answer (AIME-style files store integers)
     assert load_examples("math", source=str(write_jsonl(tmp_path / "n.jsonl", [{"problem": "P?", "answer": 7}])))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "line"),
+    [
+        ("g.jsonl", b'{"question": "Q?", "answer": "#### 1"}\n{"question": "Caf\xe9?", "answer": "#### 2"}\n', 2),
+        ("g.csv", b'question,answer\n"Q?","#### 1"\n"Caf\xe9?","#### 2"\n', 3),
+        ("g.json", b'[{"question": "Caf\xe9?", "answer": "#### 2"}]', 1),
+    ],
+)
+@pytest.mark.parametrize("on_bad_row", ["error", "skip"])
+def test_bytes_that_are_not_utf8_are_one_error_naming_file_line_and_fix(tmp_path, name, content, line, on_bad_row):
+    """A file in another encoding is wrong as a whole: an error even with skip (skipping would drop every row
+    with an accent and keep the rest)."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DatasetError) as info:
+        load_examples("gsm8k", source=str(path), on_bad_row=on_bad_row)
+    message = str(info.value)
+    assert message.startswith(f"{path}: line {line} is not UTF-8 text (byte 0xe9 at column ")
+    assert "Re-save the file as UTF-8" in message
+
+
+@pytest.mark.parametrize("content", [b'{"question": "Q?", "answer": "#### 1"}\n', b"question,answer\n", b""])
+def test_a_file_named_parquet_that_is_not_parquet(tmp_path, content):
+    path = tmp_path / "train.parquet"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError) as info:
+        load_examples("gsm8k", source=str(path))
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable Parquet file (")
+    assert "rename it to .jsonl or .csv" in message and message.count(str(path)) == 1
+
+
+def test_a_real_parquet_file_still_loads(tmp_path):
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(pyarrow.table({"question": ["Q?"], "answer": ["1+1\n#### 2"]}), path)
+    (ex,), _ = load_examples("gsm8k", source=str(path))
+    assert ex.reference == "2"

@@ -262,3 +262,36 @@ def make_tiny_model_for(tokenizer):
 
     return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=8,
                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+
+
+def test_an_output_that_cannot_be_written_fails_before_anything_is_generated(tmp_path, capsys):
+    """--output is checked first: a long evaluation must never end in a traceback with its results lost."""
+    from tests.servers import MisbehavingServer
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    cases = [(tmp_path, f"--output {tmp_path} is a folder; give a file path, e.g. --output "
+                        f"{tmp_path / 'eval_results.json'}"),
+             (blocker / "res.json", f"--output {blocker / 'res.json'} cannot be created: {blocker} is a file, not a "
+                                    "folder. Choose another --output")]
+    with MisbehavingServer(lambda i, body: (200, {}, b"{}", 0.0)) as server:
+        for output, message in cases:
+            code = main(["eval", "--model", "m", "--backend", "openai", "--base-url", server.base_url,
+                         "--benchmarks", "arithmetic", "--limit", "2", "--output", str(output)])
+            assert code == 2 and capsys.readouterr().err == f"error: {message}\n"
+    assert server.requests == []  # nothing was generated
+
+
+def test_a_run_folders_default_output_is_checked_before_the_model_loads(tmp_path, tiny_student, capsys, monkeypatch):
+    from thinktuning.eval import evaluate
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setitem(evaluate.BACKENDS, "transformers", no_loading)
+    run = tmp_path / "run"
+    _fake_run(run, tiny_student)
+    (run / "eval.json").mkdir()  # the summary for `thinktuning report` cannot be written
+    assert main(["eval", "--model", str(run), "--benchmarks", "arithmetic", "--limit", "1"]) == 2
+    assert capsys.readouterr().err == (f"error: the default output {run / 'eval.json'} (no --output given) is a "
+                                       "folder; remove that folder, or give --output FILE\n")

@@ -54,6 +54,12 @@ def test_failed_requests_are_scored_wrong_and_the_eval_completes(tmp_path, caplo
     assert sorted(texts) == ["", ""] + ["The sum is \\boxed{999}."] * 4
     assert len(server.requests) == 6  # no retries of a 400
     assert sum("a generation request failed" in r.getMessage() for r in caplog.records) == 2
+    res = json.loads(out.read_text())
+    bench = res["benchmarks"]["arithmetic"]
+    first = f'HTTP 400 at {server.base_url}/chat/completions: {{"error": "bad request"}}'
+    assert bench["failed_requests"] == {"count": 2, "of": 6, "first_error": first}
+    assert bench["complete"] is True and res["complete"] is True  # some answers came: a result, with its failures
+    assert sorted(smp.get("error", "") for it in items for smp in it["samples"]) == ["", "", "", "", first, first]
     # every request carried the requested model name and greedy settings
     assert all(body["model"] == "m" and body["temperature"] == 0.0 for _, _, body in server.requests)
 
@@ -63,3 +69,55 @@ def test_openai_backend_needs_a_base_url():
         EvalSettings(backend="openai").check()
     with pytest.raises(ConfigError, match="is for --backend openai"):
         EvalSettings(base_url="http://x:1/v1").check()
+
+
+def test_the_key_and_a_url_password_reach_neither_the_results_nor_the_terminal(tmp_path, monkeypatch, capsys, caplog):
+    key, password = "sk-SECRET-eval-0123456789", "pw-SECRET-9876"
+    monkeypatch.setenv("TT_EVAL_KEY", key)
+    holder: list = []
+
+    def echo_auth(i, body):  # a gateway that repeats the credentials it got in its error body, once
+        if i > 1:
+            return 200, {}, _chat_json("The sum is \\boxed{999}."), 0.0
+        headers = holder[0].requests[-1][1]
+        return 401, {}, json.dumps({"error": f"bad credentials: {headers.get('Authorization')}"}).encode(), 0.0
+
+    out = tmp_path / "res.json"
+    with MisbehavingServer(echo_auth) as server:
+        holder.append(server)
+        url = server.base_url.replace("http://", f"http://bob:{password}@")
+        code = main(["eval", "--model", "m", "--backend", "openai", "--base-url", url, "--api-key-env", "TT_EVAL_KEY",
+                     "--benchmarks", "arithmetic", "--limit", "2", "--output", str(out)])
+    assert code == 0
+    sent = server.requests[0][1]["Authorization"]
+    printed = capsys.readouterr()
+    text = out.read_text()
+    res = json.loads(text)
+    masked = server.base_url.replace("http://", "http://***@")
+    assert res["model"]["server"] == masked and res["settings"]["base_url"] == masked
+    assert res["settings"]["api_key_env"] == "TT_EVAL_KEY"
+    failures = [r.getMessage() for r in caplog.records if "a generation request failed" in r.getMessage()]
+    assert len(failures) == 1 and "bad credentials: " in failures[0] and "***" in failures[0]
+    for where, content in (("results", text), ("stdout", printed.out), ("stderr", printed.err), ("log", caplog.text)):
+        for secret in (key, password, sent.split()[-1]):
+            assert secret not in content, f"{secret[:6]}... leaked into the {where}"
+
+
+def test_a_server_that_refuses_every_request_fails_the_eval_and_says_why(tmp_path, capsys):
+    """HTTP 401 on every request once gave accuracy 0 and exit 0; now the results say so and the exit is 2."""
+    out = tmp_path / "res.json"
+    with MisbehavingServer(lambda i, body: (401, {}, b'{"error": "no key"}', 0.0)) as server:
+        code = main(["eval", "--model", "m", "--backend", "openai", "--base-url", server.base_url,
+                     "--benchmarks", "arithmetic", "--limit", "3", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(server.requests) == 3  # a 401 is not retried
+    first = (f'HTTP 401 at {server.base_url}/chat/completions: {{"error": "no key"}} (the server wants a key: name '
+             "the variable that holds it: teacher.api_key_env, or --api-key-env for eval)")
+    assert f"arithmetic: 3 of 3 requests failed and were scored wrong (first: {first})" in err
+    assert err.strip().splitlines()[-1] == (
+        f"error: every request to the server failed for arithmetic (3 of 3; first error: {first}); {out} records it, "
+        "marked incomplete. Check that the server is up, --base-url, the model name (--model or --server-model) and "
+        "--api-key-env, then run again")
+    res = json.loads(out.read_text())
+    assert res["complete"] is False and res["benchmarks"]["arithmetic"]["complete"] is False
+    assert res["benchmarks"]["arithmetic"]["failed_requests"] == {"count": 3, "of": 3, "first_error": first}

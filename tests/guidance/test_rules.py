@@ -7,7 +7,14 @@ from collections import Counter
 
 import pytest
 
-from thinktuning.guidance.rules import guidance_probability, guided_count, select_guided, shaped_mask, splice
+from thinktuning.guidance.rules import (
+    guidance_probability,
+    guided_count,
+    peak_probability,
+    select_guided,
+    shaped_mask,
+    splice,
+)
 
 # --------------------------------------------------------------------------------------------- p schedule
 # total_steps = 30, decay_fraction = 1/3  ->  horizon = 10 steps; linear p = 0.10 + (0.01 - 0.10) * step / 10
@@ -86,6 +93,35 @@ def test_short_run_horizon_is_at_least_one_step() -> None:
 def test_unknown_schedule_raises() -> None:
     with pytest.raises(ValueError, match="unknown guidance schedule 'exp'"):
         guidance_probability(0, 30, schedule="exp")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "p_start", "p_end", "cutoff", "peak"),
+    [
+        ("linear", 0.10, 0.01, 0.05, 0.10),  # the recipe: starts above the threshold 0.06
+        ("linear", 0.06, 0.01, 0.05, 0.0),  # exactly at the threshold: off from step 0
+        ("constant", 0.05, 0.05, 0.05, 0.0),  # p stays 0.05, the threshold is 0.05 + 0.05 = 0.10
+        ("constant", 0.25, 0.01, 0.05, 0.25),
+        ("linear", 0.02, 0.50, 0.05, 0.0),  # rising, under a cutoff: below 0.55 at every step
+        ("linear", 0.0, 0.2, None, 0.2),  # rising without a cutoff: reaches p_end
+        ("constant", 0.0, 0.2, None, 0.0),  # constant ignores p_end
+        ("cosine", 0.3, 0.1, None, 0.3),
+        ("cosine", 0.0, 0.0, None, 0.0),
+    ],
+)
+def test_peak_probability_hand_values(schedule, p_start, p_end, cutoff, peak) -> None:
+    assert peak_probability(schedule, p_start, p_end, cutoff) == pytest.approx(peak)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "constant", "cosine"])
+@pytest.mark.parametrize("cutoff", [None, 0.0, 0.05])
+def test_peak_probability_is_the_largest_p_of_any_step(schedule, cutoff) -> None:
+    """Against the schedule itself, over a run long enough to reach p_end (30 steps, horizon 10)."""
+    for p_start in (0.0, 0.05, 0.06, 0.1, 0.5):
+        for p_end in (0.0, 0.01, 0.05, 0.2):
+            ps = [guidance_probability(s, schedule=schedule, p_start=p_start, p_end=p_end, cutoff_epsilon=cutoff,
+                                       **LINEAR) for s in range(30)]
+            assert max(ps) == pytest.approx(peak_probability(schedule, p_start, p_end, cutoff)), (p_start, p_end)
 
 
 # --------------------------------------------------------------------------------------------- how many

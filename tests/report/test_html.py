@@ -19,7 +19,14 @@ from thinktuning.cli import main
 from thinktuning.config.load import save_config
 from thinktuning.config.schema import ThinkTuningConfig
 from thinktuning.errors import ReportError
-from thinktuning.report.html import SCRIPT, build_report, choose_steps, render_response, write_report
+from thinktuning.report.html import (
+    REPORT_MARKER,
+    SCRIPT,
+    build_report,
+    choose_steps,
+    render_response,
+    write_report,
+)
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -233,3 +240,52 @@ def test_csp_stops_a_script_that_slipped_past_escaping(real_report, tmp_path):
     dom = chromium(tampered.resolve().as_uri(), tmp_path / "profile", "--dump-dom")
     assert "<title>thinktuning report" in dom and "<title>pwned" not in dom
     assert re.search(r'<html[^>]*class="js"', dom)
+
+
+# ------------------------------------------------------------------------------------ inputs and outputs
+
+
+def test_metrics_that_are_not_utf8_are_one_line(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    metrics = run / "metrics.jsonl"
+    metrics.write_bytes(metrics.read_bytes() + b'\n{"step": 5, "note": "\xff"}\n')
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # make_run writes 3 metric lines and one cut short: the bad line is line 5; '{"step": 5, "note": "' is 21 bytes
+    assert err.startswith(f"error: {metrics}: line 5 is not UTF-8 text (byte 0xff at column 22: invalid start byte); "
+                          "thinktuning writes its logs as ASCII JSON lines")
+    assert not (run / "report.html").exists()
+
+
+def test_report_refuses_to_overwrite_a_file_it_did_not_write(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    metrics = run / "metrics.jsonl"
+    before = metrics.read_bytes()
+    assert main(["report", str(run), "--output", str(metrics)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {metrics} exists and is not a report written by thinktuning report; refusing to "
+                   "overwrite it. Choose another --output (e.g. a new .html file), or remove that file first\n")
+    assert metrics.read_bytes() == before
+    # its own reports are replaced: the one it writes now, and one written before the marker existed
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert REPORT_MARKER in page[:300]
+    (run / "report.html").write_text(page.replace(REPORT_MARKER, ""))
+    assert main(["report", str(run)]) == 0 and REPORT_MARKER in (run / "report.html").read_text()
+    (run / "report.html").write_text("<html>my notes</html>")  # the default output is guarded too
+    assert main(["report", str(run)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {run / 'report.html'} exists and is not a report written")
+    assert (run / "report.html").read_text() == "<html>my notes</html>"
+
+
+def test_report_output_that_is_a_folder_or_cannot_be_created(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    assert main(["report", str(run), "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: --output {tmp_path} is a folder; give a file path, e.g. --output "
+                                       f"{tmp_path / 'report.html'}\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["report", str(run), "--output", str(blocker / "sub" / "r.html")]) == 2
+    assert capsys.readouterr().err == (f"error: --output {blocker / 'sub' / 'r.html'} cannot be created: {blocker} is "
+                                       "a file, not a folder. Choose another --output\n")

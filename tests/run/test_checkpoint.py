@@ -238,3 +238,137 @@ def test_stale_tmp_folder_from_a_crash_is_replaced(tmp_path, parts, smol_tokeniz
 
 def test_module_exposes_checkpoint_dir() -> None:
     assert ckpt.checkpoint_dir(Path("runs/x")) == Path("runs/x/checkpoints")
+
+
+# ------------------------------------------------------------------------------------ a damaged checkpoint
+
+
+def test_run_of_checkpoint_and_previous_checkpoint(tmp_path) -> None:
+    root = tmp_path / "run" / "checkpoints"
+    for name in ("step-000002", "step-000004", "step-000006"):
+        (root / name).mkdir(parents=True)
+        (root / name / "trainer_state.json").write_text("{}")
+    (root / "step-000005").mkdir()  # incomplete: never fallen back on
+    assert ckpt.run_of_checkpoint(root / "step-000006") == tmp_path / "run"
+    assert ckpt.run_of_checkpoint(tmp_path / "models" / "step-000006") is None
+    assert ckpt.run_of_checkpoint(tmp_path / "run") is None
+    assert ckpt.previous_checkpoint(root / "step-000006") == root / "step-000004"
+    assert ckpt.previous_checkpoint(root / "step-000002") is None
+    assert ckpt.previous_checkpoint(tmp_path / "elsewhere") is None
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _two_checkpoints(run: Path, parts, tokenizer) -> Path:
+    save(run, 1, parts, tokenizer)
+    last = save(run, 2, parts, tokenizer)
+    _truncate(last / "model.safetensors")
+    return last
+
+
+def _unreadable(message: str, path: Path, fallback: str) -> None:
+    assert message.startswith(f"checkpoint {path} is unreadable (SafetensorError: "), message
+    assert f"delete it to resume from the one before ({fallback})" in message and "--overwrite" in message
+
+
+def test_truncated_weights_end_a_resume_naming_the_previous_checkpoint(tmp_path, parts, smol_tokenizer) -> None:
+    from thinktuning.config.schema import LoraConfig
+    from thinktuning.models.load import load_model
+    from thinktuning.models.lora import load_student
+    from thinktuning.models.resolve import ResolvedModel
+
+    last = _two_checkpoints(tmp_path / "run", parts, smol_tokenizer)
+    with pytest.raises(CheckpointError) as info:  # the resume path: header check before any loading
+        load_student(ResolvedModel("unused", "unused"), LoraConfig(), last)
+    _unreadable(str(info.value), last, "step-000001")
+    with pytest.raises(CheckpointError) as info:  # and the loader itself, should a damage pass the header check
+        load_model(ResolvedModel(str(last), str(last)))
+    _unreadable(str(info.value), last, "step-000001")
+
+
+def test_a_run_with_only_a_damaged_checkpoint_says_there_is_none_before(tmp_path, parts, smol_tokenizer) -> None:
+    from thinktuning.models.load import load_model
+    from thinktuning.models.resolve import ResolvedModel
+
+    only = save(tmp_path / "run", 1, parts, smol_tokenizer)
+    _truncate(only / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"the one before \(there is none: it is the run's only complete"):
+        load_model(ResolvedModel(str(only), str(only)))
+
+
+def test_a_damaged_model_folder_outside_a_run_keeps_its_own_error(tmp_path, parts) -> None:
+    from thinktuning.models.load import load_model
+    from thinktuning.models.resolve import ResolvedModel
+
+    folder = tmp_path / "models" / "step-000001"  # a checkpoint's name, but not inside RUN/checkpoints
+    parts[0].save_pretrained(folder)
+    _truncate(folder / "model.safetensors")
+    with pytest.raises(Exception) as info:
+        load_model(ResolvedModel(str(folder), str(folder)))
+    assert not isinstance(info.value, CheckpointError)
+
+
+def test_a_truncated_lora_adapter_ends_a_resume_and_an_eval(tmp_path, make_model, smol_tokenizer) -> None:
+    import peft
+    from transformers import get_scheduler
+
+    from thinktuning.config.schema import LoraConfig
+    from thinktuning.models.load import load_model
+    from thinktuning.models.lora import load_student, peft_config
+    from thinktuning.models.resolve import ResolvedModel
+
+    base_dir = tmp_path / "base"
+    make_model().save_pretrained(base_dir)
+    base = ResolvedModel(str(base_dir), str(base_dir))
+    lora = LoraConfig(enabled=True, r=2, alpha=4)
+    model = peft.get_peft_model(load_model(base), peft_config(lora, str(base_dir)))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    parts = (model, opt, get_scheduler("constant", optimizer=opt))
+    save(tmp_path / "run", 1, parts, smol_tokenizer)
+    last = save(tmp_path / "run", 2, parts, smol_tokenizer)
+    assert (last / "adapter_model.safetensors").is_file() and not (last / "model.safetensors").exists()
+    _truncate(last / "adapter_model.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        load_student(base, lora, last)
+    _unreadable(str(info.value), last, "step-000001")
+    with pytest.raises(CheckpointError) as info:  # eval loads an adapter checkpoint merged into its base
+        load_model(ResolvedModel(str(last), str(last)))
+    _unreadable(str(info.value), last, "step-000001")
+
+
+def test_eval_of_a_run_whose_last_checkpoint_is_truncated_is_one_error_line(
+    tmp_path, parts, smol_tokenizer, capsys
+) -> None:
+    from thinktuning.cli import main
+
+    run = tmp_path / "run"
+    last = _two_checkpoints(run, parts, smol_tokenizer)
+    code = main(["eval", "--model", str(run), "--benchmarks", "arithmetic", "--limit", "1", "--max-new-tokens", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("error: ")]
+    _unreadable(line.removeprefix("error: "), last, "step-000001")
+
+
+def test_train_resume_from_a_truncated_checkpoint_is_one_error_line(tmp_path, smol_tokenizer, capsys) -> None:
+    from tests.train.test_trainer import SMALL, _tiny_student
+    from thinktuning.cli import main
+
+    student = _tiny_student(tmp_path / "student", smol_tokenizer)
+    run = tmp_path / "run"
+    sets = [f"model.student={student}", *SMALL, "rollout.max_new_tokens=8", "guidance.enabled=false", "save_every=1"]
+    argv = ["train", "--output-dir", str(run), "--max-steps", "2", "--quiet"]
+    for item in sets:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    last = run / "checkpoints" / "step-000002"
+    _truncate(last / "model.safetensors")
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("error: ")]
+    _unreadable(line.removeprefix("error: "), last, "step-000001")

@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+from pathlib import Path
 
 import pytest
 
 from thinktuning.config.load import load_config
 from thinktuning.errors import RunFolderError
 from thinktuning.jsonl import JsonlWriter, read_jsonl, truncate_jsonl
-from thinktuning.run.folder import prepare_run_dir, progress_line, write_run_header
+from thinktuning.run.folder import (
+    foreign_entries,
+    is_run_folder,
+    prepare_run_dir,
+    progress_line,
+    protected_reason,
+    write_marker,
+    write_run_header,
+)
 
 
 def make_run_folder(path):
     path.mkdir(parents=True)
+    write_marker(path)
     (path / "config.yaml").write_text("seed: 0\n")
     (path / "metrics.jsonl").write_text('{"step": 1}\n')
     return path
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` (links not followed) with its bytes (None for a folder or a link)."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+            for p in sorted(root.rglob("*"))}
 
 
 # ------------------------------------------------------------------------------------------ prepare_run_dir
@@ -60,17 +77,149 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path) -> None:
     with pytest.raises(RunFolderError) as info:
         prepare_run_dir(other, resume=False, overwrite=True)
     assert "--overwrite refused" in str(info.value)
-    assert "no config.yaml" in str(info.value)
+    assert "no run.json written by thinktuning" in str(info.value)
     assert (other / "cat.jpg").read_bytes() == b"\xff\xd8"
 
 
 def test_overwrite_replaces_a_run_folder(tmp_path) -> None:
     run = make_run_folder(tmp_path / "run")
     (run / "checkpoints" / "step-000001").mkdir(parents=True)
+    for name in ("rollouts.jsonl", "report.html", "eval.json", "eval_results.json", "eval_results_gsm8k.json"):
+        (run / name).write_text("x")
+    (run / "tensorboard").mkdir()
     out = prepare_run_dir(run, resume=False, overwrite=True)
     assert out == run
     assert run.is_dir()
-    assert list(run.iterdir()) == []
+    assert [p.name for p in run.iterdir()] == ["run.json"]  # emptied, then marked again as a new run
+    assert is_run_folder(run)
+
+
+def test_a_project_folder_holding_a_config_yaml_is_not_a_run(tmp_path) -> None:
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "config.yaml").write_text("name: my project\n")
+    (project / "src" / "main.py").write_text("print('hi')\n")
+    (project / "data.csv").write_text("a,b\n1,2\n")
+    before = snapshot(project)
+    assert not is_run_folder(project)
+    with pytest.raises(RunFolderError, match=r"--overwrite refused: .* is not a thinktuning run folder"):
+        prepare_run_dir(project, resume=False, overwrite=True)
+    with pytest.raises(RunFolderError, match=r"--resume refused: .* is not a thinktuning run folder"):
+        prepare_run_dir(project, resume=True, overwrite=False)
+    with pytest.raises(RunFolderError, match="already holds other files"):
+        prepare_run_dir(project, resume=False, overwrite=False)
+    assert snapshot(project) == before
+
+
+def test_a_json_file_named_run_json_that_is_not_ours_is_no_marker(tmp_path) -> None:
+    other = tmp_path / "web"
+    other.mkdir()
+    (other / "run.json").write_text('{"name": "my script", "versions": "1.0"}')
+    (other / "config.yaml").write_text("x: 1\n")
+    assert not is_run_folder(other)
+    with pytest.raises(RunFolderError, match="not a thinktuning run folder"):
+        prepare_run_dir(other, resume=False, overwrite=True)
+    assert sorted(p.name for p in other.iterdir()) == ["config.yaml", "run.json"]
+
+
+def test_a_run_of_an_earlier_version_is_still_a_run(tmp_path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text("seed: 0\n")
+    (old / "run.json").write_text(json.dumps({"preset": "cpu-demo", "deviations_from_paper": [],
+                                              "versions": {"python": "3.11.9"}}))
+    (old / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert is_run_folder(old)
+    assert prepare_run_dir(old, resume=True, overwrite=False) == old
+    assert (old / "metrics.jsonl").is_file()
+    prepare_run_dir(old, resume=False, overwrite=True)
+    assert [p.name for p in old.iterdir()] == ["run.json"]
+
+
+def test_overwrite_refuses_a_run_that_also_holds_other_files_and_names_them(tmp_path) -> None:
+    run = make_run_folder(tmp_path / "run")
+    (run / "notes.txt").write_text("my notes")
+    (run / "analysis").mkdir()
+    (run / "checkpoints").write_text("a file where our folder would be")
+    before = snapshot(run)
+    assert foreign_entries(run) == ["analysis", "checkpoints", "notes.txt"]
+    with pytest.raises(RunFolderError) as info:
+        prepare_run_dir(run, resume=False, overwrite=True)
+    message = str(info.value)
+    assert "--overwrite refused" in message and "(analysis, checkpoints, notes.txt)" in message
+    assert "deletes only a run's own files" in message
+    assert snapshot(run) == before
+
+
+def test_overwrite_removes_symlinks_and_never_touches_their_targets(tmp_path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me")
+    run = make_run_folder(tmp_path / "run")
+    (run / "tensorboard").symlink_to(outside, target_is_directory=True)  # a run-owned name, linked out
+    step = run / "checkpoints" / "step-000001"
+    step.mkdir(parents=True)
+    (step / "weights").symlink_to(outside, target_is_directory=True)  # deep inside a run folder
+    (run / "report.html").symlink_to(outside / "precious.txt")
+    prepare_run_dir(run, resume=False, overwrite=True)
+    assert [p.name for p in run.iterdir()] == ["run.json"]
+    assert (outside / "precious.txt").read_text() == "keep me"
+    assert [p.name for p in outside.iterdir()] == ["precious.txt"]
+
+
+def test_the_current_folder_and_its_ancestors_are_never_overwritten(tmp_path, monkeypatch) -> None:
+    run = make_run_folder(tmp_path / "run")
+    (run / "checkpoints").mkdir()
+    before = snapshot(run)
+    monkeypatch.chdir(run)
+    with pytest.raises(RunFolderError, match=r"is the current folder \('\.'\), which is never deleted"):
+        prepare_run_dir(".", resume=False, overwrite=True)
+    with pytest.raises(RunFolderError, match="is the current folder, which is never deleted"):
+        prepare_run_dir(run, resume=False, overwrite=True)
+    monkeypatch.chdir(run / "checkpoints")
+    with pytest.raises(RunFolderError, match="is an ancestor of the current folder"):
+        prepare_run_dir("..", resume=False, overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link").symlink_to(run / "checkpoints", target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "link")  # the ancestor is found through a symlinked current folder too
+    with pytest.raises(RunFolderError, match="is an ancestor of the current folder"):
+        prepare_run_dir(run, resume=False, overwrite=True)
+    assert snapshot(run) == before
+
+
+def test_the_home_folder_is_never_overwritten(tmp_path, monkeypatch) -> None:
+    home = make_run_folder(tmp_path / "home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RunFolderError, match="is your home folder"):
+        prepare_run_dir(home, resume=False, overwrite=True)
+    assert (home / "metrics.jsonl").is_file()
+
+
+@pytest.mark.parametrize(("path", "reason"), [
+    (".", "the current folder ('.')"),
+    ("/", "the root folder"),
+    ("/w/proj", "the current folder"),
+    ("/w", "an ancestor of the current folder"),
+    ("/home/me", "your home folder"),
+    ("/w/proj/runs/x", None),
+    ("/home/me/runs/x", None),
+])
+def test_protected_reason(path, reason) -> None:
+    assert protected_reason(Path(path), Path("/w/proj"), Path("/home/me")) == reason
+
+
+def test_resume_of_a_missing_folder_warns_and_starts_a_new_run(tmp_path, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="thinktuning.run.folder"):
+        run = prepare_run_dir(tmp_path / "nope", resume=True, overwrite=False)
+    assert "--resume: " in caplog.text and "does not exist; starting a new run from step 0" in caplog.text
+    assert is_run_folder(run)
+
+
+def test_a_folder_holding_only_the_creation_marker_is_reused(tmp_path) -> None:
+    run = prepare_run_dir(tmp_path / "run", resume=False, overwrite=False)  # then stopped before anything else
+    assert is_run_folder(run)
+    assert prepare_run_dir(run, resume=False, overwrite=False) == run
 
 
 def test_resume_keeps_the_run_folder(tmp_path) -> None:
@@ -101,12 +250,24 @@ def test_run_header_records_config_and_deviations(tmp_path) -> None:
     cfg = load_config("cpu-demo")
     write_run_header(tmp_path, cfg, {"examples": 12})
     info = json.loads((tmp_path / "run.json").read_text())
+    assert info["tool"] == "thinktuning" and info["version"]
+    assert is_run_folder(tmp_path)
     assert info["preset"] == "cpu-demo"
     assert info["examples"] == 12
     assert info["deviations_from_paper"] == cfg.deviations()
     assert "torch" in info["versions"]
     reloaded = load_config(str(tmp_path / "config.yaml"))
     assert reloaded.to_dict() == cfg.to_dict()
+
+
+def test_a_password_in_the_teacher_url_is_saved_neither_in_config_yaml_nor_in_run_json(tmp_path) -> None:
+    cfg = load_config("cpu-demo", ["teacher.backend=http", "teacher.base_url=http://user:key-4242@gpu-box:8000/v1"])
+    write_run_header(tmp_path, cfg, {"teacher": {"base_url": cfg.teacher.base_url}})
+    for name in ("config.yaml", "run.json"):
+        text = (tmp_path / name).read_text()
+        assert "user:key-4242" not in text and "key-4242" not in text, name
+        assert "http://***@gpu-box:8000/v1" in text, name
+    assert load_config(str(tmp_path / "config.yaml")).teacher.base_url == "http://***@gpu-box:8000/v1"
 
 
 # ------------------------------------------------------------------------------------------------- jsonl

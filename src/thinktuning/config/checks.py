@@ -8,8 +8,12 @@ known. Each error is one :class:`~thinktuning.errors.ConfigError` naming the fie
 
 from __future__ import annotations
 
+import math
+
 from thinktuning.config.schema import ThinkTuningConfig
 from thinktuning.errors import ConfigError
+from thinktuning.guidance.rules import peak_probability
+from thinktuning.secrets import is_env_var_name
 
 SCRIPTED_DATASETS = ("arithmetic", "gsm8k")
 """Tasks whose rows carry short worked steps, the material ``teacher.backend=scripted`` writes feedback from."""
@@ -88,7 +92,7 @@ def validate(cfg: ThinkTuningConfig) -> None:
         except ConfigError as e:
             raise ConfigError(f"teacher.base_url={e}") from None
     env = cfg.teacher.api_key_env
-    if env and not (env.isascii() and env.replace("_", "a").isalnum() and not env[0].isdigit()):
+    if env and not is_env_var_name(env):  # never echoed: it may be the key itself
         raise ConfigError(f"teacher.api_key_env must name the environment variable that holds the key (e.g. "
                           f"OPENAI_API_KEY), not the key itself; got a value of {len(env)} characters")
     if cfg.guidance.enabled and cfg.teacher.backend == "scripted" and cfg.data.name not in SCRIPTED_DATASETS:
@@ -103,6 +107,80 @@ def validate(cfg: ThinkTuningConfig) -> None:
         raise ConfigError(
             f"optim.mini_batch_prompts={mb} must divide rollout.prompts_per_step={cfg.rollout.prompts_per_step}"
         )
+    dead = dead_settings(cfg)
+    if dead:
+        raise ConfigError(dead[0])
+
+
+def dead_settings(cfg: ThinkTuningConfig) -> list[str]:
+    """Settings that switch something on while another setting makes it do nothing, each with the fix.
+
+    Such a run starts, prints what it was asked to do (``guidance=on``) and silently does something else, which is
+    worse than an error. Only values a user chose are judged, never a default left alone, and nothing that
+    ``guidance.enabled=false`` switches off: the plain-GRPO baseline keeps every other setting of the run it is
+    compared with.
+    """
+    out = []
+    g, r, t = cfg.guidance, cfg.rollout, cfg.teacher
+    if g.enabled:
+        out += _dead_guidance(cfg)
+        if g.mask_scope == "teacher" and cfg.loss.shaping == "none":
+            out.append("guidance.mask_scope=teacher picks which tokens get the shaped objective, but loss.shaping=none "
+                       "shapes no token (guided tokens take the PPO loss), so it changes nothing. Set "
+                       "guidance.mask_scope=rollout, or choose a shaping (aas, aas-recipe, luffy)")
+        http_only = {"teacher.base_url": t.base_url, "teacher.server_model": t.server_model,  # names only: a URL
+                     "teacher.api_key_env": t.api_key_env, "teacher.api=chat": t.api == "chat"}  # may hold a password
+        chosen = [k for k, v in http_only.items() if v]
+        if t.backend != "http" and chosen:
+            out.append(f"{' and '.join(chosen)} {_apply(chosen)} to teacher.backend=http only; with teacher.backend="
+                       f"{t.backend} no server is asked. Set teacher.backend=http to use the server, or remove "
+                       f"{_it(chosen)}")
+    if cfg.optim.warmup_steps > 0 and cfg.optim.lr_scheduler == "constant":
+        out.append(f"optim.warmup_steps={cfg.optim.warmup_steps} does nothing with optim.lr_scheduler=constant "
+                   "(that schedule has no warmup). Set optim.lr_scheduler=linear or cosine, or optim.warmup_steps=0")
+    if cfg.epochs > 1 and cfg.max_steps is not None:
+        out.append(f"epochs={cfg.epochs} does nothing: max_steps={cfg.max_steps} sets the run's length (the data "
+                   "repeats as needed). Set max_steps=null to train for that many epochs, or epochs=1")
+    if r.backend == "transformers":
+        vllm_only = [s for s, on in (("rollout.vllm_mode=server", r.vllm_mode == "server"),
+                                     ("rollout.vllm_sleep=true", r.vllm_sleep)) if on]
+        if vllm_only:
+            out.append(f"{' and '.join(vllm_only)} {_apply(vllm_only)} to rollout.backend=vllm only; with "
+                       "rollout.backend=transformers rollouts are sampled in this process. Set rollout.backend=vllm, "
+                       f"or remove {_it(vllm_only)}")
+    return out
+
+
+def _apply(names: list[str]) -> str:
+    return "applies" if len(names) == 1 else "apply"
+
+
+def _it(names: list[str]) -> str:
+    return "it" if len(names) == 1 else "them"
+
+
+def _dead_guidance(cfg: ThinkTuningConfig) -> list[str]:
+    """Guidance that is on but can never guide a rollout (:func:`~thinktuning.guidance.rules.peak_probability`)."""
+    g, size = cfg.guidance, cfg.rollout.group_size
+    peak = peak_probability(g.schedule, g.p_start, g.p_end, g.cutoff_epsilon)
+    off = "guidance.enabled=false for plain GRPO"
+    if g.cutoff_epsilon is not None and peak == 0.0:
+        threshold = g.p_end + g.cutoff_epsilon
+        why = (" (the constant schedule keeps p at p_start, and the cutoff still compares it with p_end + "
+               "cutoff_epsilon)" if g.schedule == "constant" else "")
+        return [f"guidance.p_start={g.p_start:g} is at or below the cutoff guidance.p_end + guidance.cutoff_epsilon = "
+                f"{threshold:g}, so guidance switches off before the first step and no rollout is ever guided, "
+                f"although guidance is on{why}. Raise guidance.p_start above {threshold:g}, set "
+                f"guidance.cutoff_epsilon=null (no cutoff), or set {off}"]
+    if peak == 0.0:
+        return [f"guidance.p_start={g.p_start:g} and guidance.p_end={g.p_end:g} (schedule {g.schedule}) make p = 0 at "
+                f"every step, so no rollout is ever guided, although guidance is on. Raise guidance.p_start, or set "
+                f"{off}"]
+    if g.min_per_group == 0 and math.floor(size * peak + 1e-9) == 0:
+        return [f"guidance.min_per_group=0 and p at most {peak:g} guide floor(rollout.group_size {size} x p) = 0 "
+                f"rollouts per group at every step, so no rollout is ever guided, although guidance is on. Set "
+                f"guidance.min_per_group=1, raise guidance.p_start to at least 1/{size} = {1 / size:.3g}, or set {off}"]
+    return []
 
 
 TEACHER_FORMAT_TOKENS = 64

@@ -18,6 +18,7 @@ import yaml
 
 from thinktuning.config.schema import ThinkTuningConfig
 from thinktuning.errors import ConfigError
+from thinktuning.secrets import scrub_tree, strip_userinfo
 
 
 def preset_names() -> list[str]:
@@ -69,8 +70,17 @@ def _parse_override(cfg: ThinkTuningConfig, key: str, raw: str) -> Any:
                 return raw
     try:
         return yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
+    except yaml.YAMLError as err:
+        if raw.strip().startswith(("[", "{")):  # meant as a YAML list or mapping, but broken: say where
+            raise ConfigError(f"--set {key}={raw}: not valid YAML ({_yaml_problem(err)}). Write a list as "
+                              f"{key}=[1,2] or {key}=1,2 (quote the whole --set argument in the shell)") from None
         return raw
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: what it was parsing and what it found."""
+    parts = [getattr(err, "context", None), getattr(err, "problem", None)]
+    return ": ".join(p for p in parts if p) or str(err).splitlines()[0]
 
 
 def _read_yaml(name: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -175,6 +185,15 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _yaml_item(text: str) -> Any:
+    """One item of a comma-separated ``--set`` list: its YAML value, or the text itself when it is not YAML (the
+    item's type check then names the field and what it accepts)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text.strip()
+
+
 def _coerce(value: Any, tp: Any, dotted: str) -> Any:
     """Return ``value`` converted to ``tp`` or raise ConfigError naming the field and what it accepts."""
     origin = typing.get_origin(tp)
@@ -200,7 +219,7 @@ def _coerce(value: Any, tp: Any, dotted: str) -> Any:
     if origin is list:
         (inner,) = typing.get_args(tp)
         if isinstance(value, str):
-            value = [yaml.safe_load(v) for v in value.split(",") if v.strip()]
+            value = [_yaml_item(v) for v in value.split(",") if v.strip()]
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]  # --set data.levels=1 arrives from YAML as a scalar
         if not isinstance(value, (list, tuple)):
@@ -231,4 +250,6 @@ def _coerce(value: Any, tp: Any, dotted: str) -> Any:
 
 
 def save_config(cfg: ThinkTuningConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """The resolved config as YAML, every URL without its ``user:pass@`` (``teacher.base_url`` may carry one): a
+    run folder is shared and copied, its config must hold no password."""
+    Path(path).write_text(yaml.safe_dump(scrub_tree(cfg.to_dict(), strip_userinfo), sort_keys=False))

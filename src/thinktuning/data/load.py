@@ -7,6 +7,7 @@ row and the fix, instead of a KeyError deep inside a training step.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 import re
@@ -18,7 +19,7 @@ from typing import Any
 from thinktuning.data.arithmetic import _ARITHMETIC_DEFAULT_SIZE, _LOCAL_SUFFIXES, _check_levels, make_arithmetic
 from thinktuning.data.examples import DataStats, Example, build_prompt
 from thinktuning.errors import DatasetError
-from thinktuning.jsonl import iter_jsonl
+from thinktuning.jsonl import iter_jsonl, read_utf8
 from thinktuning.rewards.answers import extract_boxed
 
 DATASETS = ("arithmetic", "gsm8k", "math")
@@ -59,7 +60,7 @@ def _read_local_file(path: Path) -> tuple[list[str] | None, list[tuple[str, Any]
         return None, _read_jsonl(path)
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_utf8(path))
         except json.JSONDecodeError:
             return None, _read_jsonl(path)  # many ".json" files are really JSON lines
         if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -69,16 +70,27 @@ def _read_local_file(path: Path) -> tuple[list[str] | None, list[tuple[str, Any]
             raise DatasetError(f"{path}: expected a JSON list of objects (or JSON lines), got a {got}")
         return None, [(f"row {i}", rec) for i, rec in enumerate(data, start=1)]
     if suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            rows = [(f"row {i}", dict(rec)) for i, rec in enumerate(reader, start=1)]
-            return list(reader.fieldnames or []), rows
+        reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+        rows = [(f"row {i}", dict(rec)) for i, rec in enumerate(reader, start=1)]
+        return list(reader.fieldnames or []), rows
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        return table.column_names, [(f"row {i}", rec) for i, rec in enumerate(table.to_pylist(), start=1)]
+        return _read_parquet(path)
     raise DatasetError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(_LOCAL_SUFFIXES)}")
+
+
+def _read_parquet(path: Path) -> tuple[list[str], list[tuple[str, Any]]]:
+    """A Parquet file's rows; a file that is not Parquet (JSON lines or CSV named .parquet, a cut download) is a
+    DatasetError that says so, not pyarrow's ArrowInvalid traceback."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pyarrow.ArrowException, OSError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split("': ", 1)[-1]  # path said once
+        raise DatasetError(f"{path}: not a readable Parquet file ({reason}). If it holds JSON lines or CSV, rename it "
+                           "to .jsonl or .csv; otherwise export it again as Parquet") from None
+    return table.column_names, [(f"row {i}", rec) for i, rec in enumerate(table.to_pylist(), start=1)]
 
 
 def _read_local(source: str, split: str) -> _Table:

@@ -58,9 +58,9 @@ def add_parsers(sub) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from thinktuning.errors import ConfigError
+    from thinktuning.errors import ConfigError, EvalError
     from thinktuning.eval.benchmarks import parse_benchmarks
-    from thinktuning.eval.evaluate import EvalRequest, run_eval
+    from thinktuning.eval.evaluate import EvalRequest, failed_benchmarks, run_eval
 
     try:
         levels = tuple(int(x) for x in args.levels.split(",") if x.strip())
@@ -75,11 +75,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             api_key_env=args.api_key_env, concurrency=args.concurrency, timeout_s=args.timeout)
     req = EvalRequest(model=args.model, benchmarks=parse_benchmarks(args.benchmarks), settings=settings,
                       data_dir=args.data_dir, output=args.output)
-    results = run_eval(req, log=lambda s: print(s, file=sys.stderr, flush=True))
+    scrub = settings.scrubber()  # the key and URL passwords never reach the terminal
+    results = run_eval(req, log=lambda s: print(scrub(s), file=sys.stderr, flush=True))
     macro = results["macro_average"]
     print(f"macro average over {len(results['benchmarks'])} benchmark(s): accuracy {macro['accuracy']:.3f}; "
           f"wall time {results['wall_time_s']:.0f} s", flush=True)
-    print(f"wrote {', '.join(req.written)}", flush=True)
+    print(scrub(f"wrote {', '.join(req.written)}"), flush=True)
+    failed = failed_benchmarks(results)
+    if failed:  # accuracy 0 from a server that refused every request must not pass for a result
+        first = next(iter(failed.values()))
+        raise EvalError(scrub(
+            f"every request to the server failed for {', '.join(failed)} ({first['count']} of {first['of']}; first "
+            f"error: {first['first_error']}); {req.written[0]} records it, marked incomplete. Check that the server "
+            "is up, --base-url, the model name (--model or --server-model) and --api-key-env, then run again"))
     return 0
 
 

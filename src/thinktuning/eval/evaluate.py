@@ -24,9 +24,11 @@ from thinktuning.eval.generators import BACKENDS, Generation, Generator
 from thinktuning.eval.metrics import avg_at_k, k_values, maj_at_k, mean, pass_at_k
 from thinktuning.eval.reflection import reflection_rates
 from thinktuning.eval.settings import EvalSettings
+from thinktuning.outputs import check_output_file
 from thinktuning.rewards.answers import extract_answer
 from thinktuning.rewards.checker import AnswerChecker
 from thinktuning.rewards.functions import correctness_reward
+from thinktuning.secrets import scrub_tree
 
 RESULTS_NAME = "eval_results.json"  # the full results file in a run folder; ``compare RUN_DIR`` reads it
 SUMMARY_NAME = "eval.json"  # {benchmark: {metric: value}}: the table ``thinktuning report`` shows
@@ -40,10 +42,11 @@ FORMAT = 1
 
 
 def resolve_eval_model(spec: str):
-    """``(ResolvedModel, info)`` for a model spec, a checkpoint folder, or a run folder (its last checkpoint)."""
+    """``(ResolvedModel, info)`` for a model spec, a checkpoint folder, or a run folder (its last checkpoint). A run
+    checkpoint whose weights are truncated is a CheckpointError here, before any model is loaded."""
     from thinktuning.errors import ModelNotFoundError
     from thinktuning.models.resolve import resolve
-    from thinktuning.run.checkpoint import latest_checkpoint
+    from thinktuning.run.checkpoint import check_weights, latest_checkpoint
 
     path = Path(spec).expanduser()
     info: dict[str, Any] = {"spec": spec}
@@ -62,6 +65,7 @@ def resolve_eval_model(spec: str):
             info["step"] = json.loads((path / "trainer_state.json").read_text()).get("step")
         except (OSError, ValueError):
             info["step"] = None
+        check_weights(path)
     resolved = resolve(str(path) if "checkpoint" in info else spec)
     info.update(path=resolved.path, kind=resolved.kind)
     return resolved, info
@@ -94,7 +98,8 @@ def score_benchmark(bench: Benchmark, generations: list[list[Generation]], setti
         items.append({
             "id": ex.id, "question": ex.question, "prompt": ex.prompt, "reference": ex.reference,
             "samples": [{"response": g.text, "extracted": a_i, "correct": v_i, "tokens": g.num_tokens,
-                         "truncated": not g.finished} for g, a_i, v_i in zip(gens, a, v, strict=True)],
+                         "truncated": not g.finished, **({"error": g.error} if g.error is not None else {})}
+                        for g, a_i, v_i in zip(gens, a, v, strict=True)],
         })
         pos += len(gens)
     k = settings.samples
@@ -107,7 +112,28 @@ def score_benchmark(bench: Benchmark, generations: list[list[Generation]], setti
     metrics["mean_response_tokens"] = mean([g.num_tokens for _, g in flat])
     metrics["truncation_rate"] = mean([float(not g.finished) for _, g in flat])
     metrics["no_answer_rate"] = mean([float(a is None) for a in answers])
-    return {"metrics": metrics, "reflection": reflection_rates(texts), "items": items}
+    failed = request_failures([g for _, g in flat])
+    return {"metrics": metrics, "reflection": reflection_rates(texts), "items": items, "failed_requests": failed,
+            "complete": not all_failed(failed)}
+
+
+def request_failures(generations: Sequence[Generation]) -> dict[str, Any]:
+    """How many of a benchmark's requests failed (a server's 401, a timeout...) and the first error, on one line:
+    a failed request is scored wrong, and the results must say it was not the model's answer."""
+    errors = [g.error for g in generations if g.error is not None]
+    first = " ".join(errors[0].split())[:300] if errors else None
+    return {"count": len(errors), "of": len(generations), "first_error": first}
+
+
+def all_failed(failures: dict[str, Any]) -> bool:
+    """Every request failed: the benchmark's numbers measure the server, not the model."""
+    return failures["of"] > 0 and failures["count"] == failures["of"]
+
+
+def failed_benchmarks(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{benchmark: failed_requests}`` of the benchmarks whose every request failed."""
+    return {name: b["failed_requests"] for name, b in results["benchmarks"].items()
+            if "failed_requests" in b and all_failed(b["failed_requests"])}
 
 
 def macro_average(per_bench: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -158,6 +184,10 @@ def evaluate(generator: Generator, benchmarks: Sequence[Benchmark], settings: Ev
             m = scored["metrics"]
             log(f"{bench.name}: accuracy {m['accuracy']:.3f}, mean length {m['mean_response_tokens']:.0f} tokens, "
                 f"truncated {m['truncation_rate']:.0%} ({scored['wall_time_s']:.0f} s)")
+            failed = scored["failed_requests"]
+            if failed["count"]:
+                log(f"{bench.name}: {failed['count']} of {failed['of']} requests failed and were scored wrong "
+                    f"(first: {failed['first_error']})")
             if on_partial is not None and len(per_bench) < len(benchmarks):
                 on_partial(_results(per_bench, settings, generator.name, model_info, started, complete=False))
     return _results(per_bench, settings, generator.name, model_info, started, complete=True)
@@ -170,8 +200,10 @@ def _results(per_bench: dict[str, dict[str, Any]], settings: EvalSettings, backe
                         accuracy_is="greedy" if settings.greedy else f"avg@{settings.samples}")
     if settings.greedy:  # not used: recording them would suggest they shaped the numbers
         settings_out.update(temperature=None, top_p=None)
-    ordered = {name: {k: r[k] for k in ("source", "version", "kind", "metrics", "reflection", "checker",
-                                         "wall_time_s", "items")} for name, r in per_bench.items()}
+    ordered = {name: {k: r[k] for k in ("source", "version", "kind", "complete", "metrics", "failed_requests",
+                                         "reflection", "checker", "wall_time_s", "items")}
+               for name, r in per_bench.items()}
+    complete = complete and all(r["complete"] for r in per_bench.values())  # a benchmark whose requests all failed
     return {
         "format": FORMAT, "complete": complete, "model": model_info, "backend": backend, "settings": settings_out,
         "macro_average": macro_average(per_bench), "benchmarks": ordered, "versions": _versions(),
@@ -209,18 +241,28 @@ class EvalRequest:
 
 def run_eval(req: EvalRequest, log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Load benchmarks first (a missing one fails before minutes of model loading), then the model; evaluate; write
-    the results (and, for a run folder, its ``eval.json`` summary for ``thinktuning report``)."""
+    the results (and, for a run folder, its ``eval.json`` summary for ``thinktuning report``). Log lines and results
+    are scrubbed of the API key and URL passwords (the results record the settings and the command line)."""
     from thinktuning.errors import ConfigError
     from thinktuning.eval.benchmarks import load_benchmark
     from thinktuning.models.load import context_limit
 
     req.settings.check()
+    scrub = req.settings.scrubber()
+    unscrubbed_log, log = log, lambda s: unscrubbed_log(scrub(s))
+    if req.output:  # results must never be lost after a long evaluation: the file is checked first
+        check_output_file(req.output, "--output", RESULTS_NAME)
     benches = [load_benchmark(b, req.data_dir, req.settings.limit, req.settings.seed, req.settings.levels)
                for b in req.benchmarks]
     if req.settings.backend == "openai":  # the model lives on the server: --model is the name to request
-        resolved, info = req.model, {"spec": req.model, "server": req.settings.base_url}
+        resolved, info = req.model, {"spec": req.model, "server": scrub(req.settings.base_url or "")}
     else:
         resolved, info = resolve_eval_model(req.model)
+    run_dir = info.get("run_dir")
+    out = Path(req.output) if req.output else (Path(run_dir) / RESULTS_NAME if run_dir else Path(RESULTS_NAME))
+    if not req.output:  # the default paths, known once the model is resolved
+        for path in [out] + ([Path(run_dir) / SUMMARY_NAME] if run_dir else []):
+            check_output_file(path, "--output", RESULTS_NAME, default=True)
     generator = BACKENDS[req.settings.backend](resolved, req.settings, lambda s: log(f"  generated {s}"))
     model = getattr(generator, "model", None)
     if model is not None and hasattr(generator, "prompt_lengths"):
@@ -230,12 +272,12 @@ def run_eval(req: EvalRequest, log: Callable[[str], None] = lambda s: None) -> d
             raise ConfigError(f"the longest prompt ({longest} tokens) plus --max-new-tokens "
                               f"{req.settings.max_new_tokens} exceeds the model's context of {limit} tokens; "
                               "lower --max-new-tokens")
-    run_dir = info.get("run_dir")
-    out = Path(req.output) if req.output else (Path(run_dir) / RESULTS_NAME if run_dir else Path(RESULTS_NAME))
     try:
-        results = evaluate(generator, benches, req.settings, info, log, on_partial=lambda r: write_json(out, r))
+        results = evaluate(generator, benches, req.settings, info, log,
+                           on_partial=lambda r: write_json(out, scrub_tree(r, scrub)))
     finally:
         generator.close()
+    results = scrub_tree(results, scrub)
     write_json(out, results)
     req.written.append(str(out))
     if run_dir and not req.output:

@@ -17,11 +17,13 @@ from thinktuning.openai_client import Completion, OpenAIClient
 @dataclass(frozen=True)
 class Generation:
     """One response: its text, its length in generated tokens (end-of-turn excluded), and whether it ended by
-    itself (False: cut at ``max_new_tokens``)."""
+    itself (False: cut at ``max_new_tokens``). ``error``: why the request for it failed (its text is then empty
+    and it is scored wrong), so the results can tell a failed request from a wrong answer."""
 
     text: str
     num_tokens: int
     finished: bool
+    error: str | None = None
 
 
 class Generator(Protocol):
@@ -160,7 +162,7 @@ class OpenAIGenerator:
         if not c.ok:
             self.failed += 1
             log.warning("a generation request failed (scored wrong): %s", c.error)
-            return Generation("", 0, False)
+            return Generation("", 0, False, error=c.error or "request failed")
         tokens = c.completion_tokens if c.completion_tokens is not None else len(c.text.split())
         return Generation(c.text, tokens, c.finish_reason == "stop")
 

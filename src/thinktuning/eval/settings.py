@@ -1,4 +1,5 @@
-"""The settings of one ``thinktuning eval`` run, checked before any model is loaded.
+"""The settings of one ``thinktuning eval`` run, checked before any model is loaded, and the scrubber that keeps
+their secrets (the key in ``--api-key-env``, a password in ``--base-url``) out of everything eval prints or writes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ class EvalSettings:
     concurrency: int = 8
     timeout_s: float = 600.0
 
+    def scrubber(self):
+        """A :class:`~thinktuning.secrets.Scrubber` for the key variable, the URL's userinfo and well-known tokens."""
+        from thinktuning.secrets import Scrubber
+
+        return Scrubber.from_environment().learn(key_envs=[self.api_key_env], urls=[self.base_url])
+
     @property
     def greedy(self) -> bool:
         """One sample means greedy decoding (the usual "accuracy"); several are sampled at ``temperature``."""
@@ -39,7 +46,11 @@ class EvalSettings:
 
     def check(self) -> None:
         from thinktuning.errors import ConfigError
+        from thinktuning.secrets import is_env_var_name
 
+        if self.api_key_env and not is_env_var_name(self.api_key_env):  # never echoed: it may be the key itself
+            raise ConfigError(f"--api-key-env must name the environment variable that holds the key (e.g. "
+                              f"OPENAI_API_KEY), not the key itself; got a value of {len(self.api_key_env)} characters")
         if self.samples < 1:
             raise ConfigError(f"--samples must be >= 1, got {self.samples}")
         if self.max_new_tokens < 1:

@@ -45,6 +45,20 @@ def guidance_probability(
     return p
 
 
+def peak_probability(schedule: str, p_start: float, p_end: float, cutoff_epsilon: float | None) -> float:
+    """The largest p_t that :func:`guidance_probability` gives at any step (0.0: guidance never happens), so that a
+    config whose guidance can never guide anything is refused at start.
+
+    Every schedule starts at ``p_start``, and a run whose ``p_start`` is at or below the cutoff threshold is off
+    from step 0 (a rising schedule stays below its ``p_end + cutoff_epsilon`` too). Otherwise the schedules are
+    monotone, so the peak is ``p_start`` or, without a cutoff, the ``p_end`` a rising schedule moves towards (an
+    upper bound: a short run may stop before it gets there).
+    """
+    if cutoff_epsilon is not None:
+        return 0.0 if p_start <= p_end + cutoff_epsilon + 1e-12 else p_start
+    return p_start if schedule == "constant" else max(p_start, p_end)
+
+
 def guided_count(num_eligible: int, p: float, min_per_group: int = 1) -> int:
     """k = max(min_per_group, floor(#eligible * p)), never more than the eligible ones; 0 when p is 0."""
     if p <= 0 or num_eligible == 0:

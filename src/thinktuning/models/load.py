@@ -12,6 +12,7 @@ import torch
 
 from thinktuning.errors import ModelError, ModelNotFoundError
 from thinktuning.models.resolve import EMBEDDED_ALIAS, ResolvedModel, resolve
+from thinktuning.run.checkpoint import checkpoint_read_errors
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,11 @@ def load_model(resolved: ResolvedModel, dtype: str = "float32", trust_remote_cod
 
 
 def _from_pretrained(cls, resolved: ResolvedModel, **kwargs):
+    """``cls.from_pretrained`` with one clear error: a damaged checkpoint of a run (CheckpointError, naming the one
+    to fall back on), a hub id that cannot be fetched, or a local folder that cannot be read."""
     try:
-        return cls.from_pretrained(resolved.path, **kwargs)
+        with checkpoint_read_errors(resolved.path):
+            return cls.from_pretrained(resolved.path, **kwargs)
     except OSError as err:
         if resolved.kind == "hub":
             raise ModelNotFoundError(
@@ -142,4 +146,5 @@ def load_adapter_model(resolved: ResolvedModel, dtype: str = "float32", trust_re
     except ModelNotFoundError as err:
         raise ModelNotFoundError(f"adapter {folder}: its base model cannot be found: {err}") from err
     base = load_model(base_spec, dtype, trust_remote_code)
-    return peft.PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+    with checkpoint_read_errors(folder):  # a truncated adapter of a run's checkpoint: CheckpointError
+        return peft.PeftModel.from_pretrained(base, str(folder)).merge_and_unload()

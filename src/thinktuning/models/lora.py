@@ -22,6 +22,7 @@ from thinktuning.config.schema import LoraConfig
 from thinktuning.errors import ConfigError
 from thinktuning.models.load import is_adapter_dir, load_model
 from thinktuning.models.resolve import ResolvedModel
+from thinktuning.run.checkpoint import check_weights, checkpoint_read_errors
 
 
 def base_reference(spec: ResolvedModel) -> str:
@@ -49,11 +50,14 @@ def load_student(spec: ResolvedModel, lora: LoraConfig, resume_from: Path | None
     """The student to train: the full model, or (``lora.enabled``) the base wrapped with trainable adapters.
 
     Resuming a LoRA run loads the base named by the run's config and the checkpoint's adapter on top; a checkpoint
-    of the other kind (full weights vs adapter) is refused, since its optimizer state would not fit either.
+    of the other kind (full weights vs adapter) is refused, since its optimizer state would not fit either, and one
+    whose weights cannot be read (a truncated file) is a CheckpointError naming the checkpoint before it.
     """
     if resume_from is not None and is_adapter_dir(resume_from) != lora.enabled:
         has, other = ("a LoRA adapter", "true") if is_adapter_dir(resume_from) else ("full weights", "false")
         raise ConfigError(f"checkpoint {resume_from} holds {has}; resume it with lora.enabled={other} (as trained)")
+    if resume_from is not None:
+        check_weights(resume_from)  # before the base model is loaded
     if not lora.enabled:
         weights = ResolvedModel(str(resume_from), str(resume_from)) if resume_from else spec
         return load_model(weights, dtype, trust_remote_code)
@@ -61,7 +65,8 @@ def load_student(spec: ResolvedModel, lora: LoraConfig, resume_from: Path | None
 
     base = load_model(spec, dtype, trust_remote_code)
     if resume_from is not None:
-        return peft.PeftModel.from_pretrained(base, str(resume_from), is_trainable=True)
+        with checkpoint_read_errors(resume_from):
+            return peft.PeftModel.from_pretrained(base, str(resume_from), is_trainable=True)
     try:
         return peft.get_peft_model(base, peft_config(lora, base_reference(spec)))
     except ValueError as err:  # e.g. target modules that this architecture does not have

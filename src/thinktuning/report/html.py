@@ -28,8 +28,9 @@ from typing import Any
 
 import yaml
 
-from thinktuning.errors import ReportError
+from thinktuning.errors import NotUtf8Error, ReportError
 from thinktuning.jsonl import read_jsonl
+from thinktuning.outputs import check_output_file
 from thinktuning.report.plots import COLORS, metrics_svg
 
 
@@ -50,6 +51,16 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ReportError(f"{path} is not valid JSON: {err}") from None
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    """A run log's records (a line cut short by a crash is skipped); bytes that are not UTF-8 are a ReportError."""
+    try:
+        return read_jsonl(path, "skip")
+    except NotUtf8Error as err:
+        raise ReportError(f"{err.path}: line {err.line} is not UTF-8 text ({err.detail}); thinktuning writes its logs "
+                          "as ASCII JSON lines, so this file was damaged or written by another program. Restore it "
+                          "from a copy or remove that line, or leave this run folder out") from None
 
 
 @dataclass
@@ -79,10 +90,10 @@ def load_run(path: str | Path) -> Run:
             config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise ReportError(f"{run / 'config.yaml'} is not valid YAML: {err}") from None
-    steps = sorted({r["step"] for r in read_jsonl(run / "rollouts.jsonl", "skip") if isinstance(r.get("step"), int)})
+    steps = sorted({r["step"] for r in _read_log(run / "rollouts.jsonl") if isinstance(r.get("step"), int)})
     extras = {name: data for name in ("eval", "reflection") if (data := _read_json(run / f"{name}.json")) is not None}
     out = Run(run, run.name, config if isinstance(config, dict) else {}, _read_json(run / "run.json") or {},
-              read_jsonl(run / "metrics.jsonl", "skip"), steps, extras)
+              _read_log(run / "metrics.jsonl"), steps, extras)
     preset = out.config.get("preset") or out.info.get("preset")
     tags = [str(preset)] if preset else []
     if not out.guidance:
@@ -185,7 +196,7 @@ def render_rollouts(run: Run, steps: list[int] | None, max_groups: int | None) -
         return f'<p class="note">{esc(run.label)}: {why}</p>'
     wanted = set(chosen)
     by_step: dict[int, list[dict[str, Any]]] = {s: [] for s in chosen}
-    for r in read_jsonl(run.path / "rollouts.jsonl", "skip"):
+    for r in _read_log(run.path / "rollouts.jsonl"):
         if r.get("step") in wanted:
             by_step[r["step"]].append(r)
     missing = [s for s in steps or [] if s not in wanted]
@@ -272,6 +283,11 @@ document.querySelectorAll("input[data-hide]").forEach(function (box) {
   });
 });
 """
+REPORT_MARKER = '<meta name="generator" content="thinktuning report">'
+"""In the head of every report, so that ``write_report`` overwrites its own reports and nothing else."""
+_OLD_REPORT_TITLE = "<title>thinktuning report: "
+"""What reports written before the marker existed begin their title with."""
+
 FILTERS = (("guided", "guided"), ("unguided", "unguided"), ("correct", "correct (reward &gt; 0)"),
            ("incorrect", "incorrect"))
 
@@ -289,7 +305,7 @@ def build_report(run_dirs: list[str | Path], steps: list[int] | None = None, max
     filters = "".join(f'<label><input type="checkbox" data-hide="{k}" checked> {t}</label>' for k, t in FILTERS)
     title = "thinktuning report: " + ", ".join(r.label for r in runs)
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>", f'<html lang="en"><head><meta charset="utf-8">{REPORT_MARKER}',
         f'<meta http-equiv="Content-Security-Policy" content="{esc(csp)}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
@@ -308,12 +324,34 @@ def build_report(run_dirs: list[str | Path], steps: list[int] | None = None, max
     return "\n".join(parts)
 
 
+def is_report(path: Path) -> bool:
+    """Whether ``path`` is a report this tool wrote (its head holds the marker, or an older report's title)."""
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    return REPORT_MARKER.encode() in head or _OLD_REPORT_TITLE.encode() in head
+
+
+def _check_output(out: Path, default: bool) -> Path:
+    """``out`` if the report may be written there: writable, and not a file of someone else's."""
+    check_output_file(out, "--output", "report.html", default=default)
+    if out.is_file() and not is_report(out):
+        raise ReportError(f"{out} exists and is not a report written by thinktuning report; refusing to overwrite it. "
+                          "Choose another --output (e.g. a new .html file), or remove that file first")
+    return out
+
+
 def write_report(run_dirs: list[str | Path], output: str | Path | None = None, steps: list[int] | None = None,
                  max_groups: int | None = None) -> Path:
-    """Write the report; default: ``RUN_DIR/report.html`` for one run, ``report.html`` here for several."""
+    """Write the report; default: ``RUN_DIR/report.html`` for one run, ``report.html`` here for several.
+
+    The output must be writable, and an existing file is replaced only if it is a report of ours (``--output
+    RUN/metrics.jsonl`` would otherwise turn a run's metrics into HTML). A given ``--output`` is checked before the
+    runs are read; the default one after, so that a folder that is not a run is named as such first."""
+    if output:
+        _check_output(Path(output), default=False)
     text = build_report(run_dirs, steps, max_groups)
-    out = Path(output) if output else (Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1
-                                       else Path("report.html"))
+    out = _check_output(Path(output) if output else (Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1
+                                                     else Path("report.html")), default=not output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     return out

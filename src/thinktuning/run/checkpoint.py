@@ -6,11 +6,14 @@ part is the PEFT adapter only (``adapter_config.json`` + ``adapter_model.safeten
 ``save_pretrained`` call); ``models.load_model`` loads such a folder as its base with the adapter merged in.
 Everything is written into a hidden temporary folder and renamed into place; only then are older checkpoints
 pruned (renamed away first, so a crash never leaves a half-deleted one). A model holding NaN/inf is never written.
-States are loaded with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
+States are loaded with ``torch.load(weights_only=True)``: a checkpoint is data, never code. A checkpoint that
+cannot be read (a truncated ``model.safetensors``, a damaged state file) ends with one CheckpointError that names
+the previous complete checkpoint to fall back on; the model loaders use :func:`checkpoint_read_errors` for this.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -21,7 +24,7 @@ from typing import Any
 
 import torch
 
-from thinktuning.errors import CheckpointError
+from thinktuning.errors import USER_ERRORS, CheckpointError
 
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -42,6 +45,68 @@ def list_checkpoints(run: Path) -> list[Path]:
 def latest_checkpoint(run: Path) -> Path | None:
     found = [p for p in list_checkpoints(run) if (p / "trainer_state.json").is_file()]
     return found[-1] if found else None
+
+
+def run_of_checkpoint(path: str | Path) -> Path | None:
+    """The run folder when ``path`` is one of its checkpoints (``RUN/checkpoints/step-N``), else None."""
+    p = Path(path)
+    return p.parent.parent if _NAME.match(p.name) and p.parent.name == "checkpoints" else None
+
+
+def previous_checkpoint(path: str | Path) -> Path | None:
+    """The newest complete checkpoint of the same run older than ``path`` (what a resume falls back on)."""
+    run = run_of_checkpoint(path)
+    if run is None:
+        return None
+    step = int(_NAME.match(Path(path).name).group(1))
+    older = [p for p in list_checkpoints(run)
+             if int(_NAME.match(p.name).group(1)) < step and (p / "trainer_state.json").is_file()]
+    return older[-1] if older else None
+
+
+def unreadable_checkpoint(path: str | Path, err: BaseException) -> CheckpointError:
+    """The one error for a checkpoint that cannot be read: the cause, and the checkpoint to fall back on."""
+    previous = previous_checkpoint(path)
+    before = (f"the one before ({previous.name})" if previous is not None
+              else "the one before (there is none: it is the run's only complete checkpoint)")
+    return CheckpointError(
+        f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:200]}); delete it to resume from "
+        f"{before}, or start again with --overwrite"
+    )
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, SafetensorError)
+
+
+@contextlib.contextmanager
+def checkpoint_read_errors(path: str | Path):
+    """Inside, a failure to read the files at ``path`` (a truncated safetensors file, a header that does not parse,
+    a missing file) becomes :func:`unreadable_checkpoint`, but only when ``path`` is a run's checkpoint; any other
+    model folder keeps its own error. Errors that already explain themselves (USER_ERRORS) pass unchanged."""
+    try:
+        yield
+    except USER_ERRORS:
+        raise
+    except Exception as err:
+        if run_of_checkpoint(path) is None or not isinstance(err, _read_errors()):
+            raise
+        raise unreadable_checkpoint(path, err) from err
+
+
+def check_weights(path: str | Path) -> None:
+    """Open the header of every safetensors file of a run's checkpoint (it checks that the file is complete), so a
+    truncated one is reported before minutes of model loading."""
+    from safetensors import safe_open
+
+    if run_of_checkpoint(path) is None:
+        return  # another tool's model folder: its loader reports its own errors
+    with checkpoint_read_errors(path):
+        for file in sorted(Path(path).glob("*.safetensors")):
+            with safe_open(str(file), framework="pt"):
+                pass
 
 
 def remove_partial(run: Path) -> list[str]:
@@ -122,7 +187,4 @@ def load_training_state(path: Path, optimizer, scheduler) -> dict[str, Any]:
         torch.set_rng_state(rng["torch"])
         return json.loads((path / "trainer_state.json").read_text())
     except Exception as err:  # the files are untrusted data: any failure to read them means "unreadable"
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:200]}); delete it to resume from "
-            "the one before, or start again with --overwrite"
-        ) from err
+        raise unreadable_checkpoint(path, err) from err

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from thinktuning.errors import ConfigError
+from thinktuning.secrets import scrub_tree, strip_userinfo
 
 TRACKERS = ("tensorboard", "wandb", "trackio")
 # the module each tracker imports, and the pip package that provides it
@@ -103,6 +104,7 @@ class Trackers:
 
     def __init__(self, report_to: list[str], run_dir: str | Path, config: dict[str, Any]) -> None:
         check_available(report_to)
+        config = scrub_tree(config, strip_userinfo)  # trackers upload it: no password of a URL goes along
         self.sinks = []
         try:
             for name in dict.fromkeys(report_to):  # a tracker named twice is opened once

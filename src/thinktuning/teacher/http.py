@@ -112,7 +112,7 @@ class HTTPTeacher:
         if self.client.models() is None:
             log.warning(
                 "the teacher server at %s does not answer GET /models now; the run goes on, and rollouts it is "
-                "asked about stay unguided (counted in guidance/no_feedback) until it answers", self.client.base_url,
+                "asked about stay unguided (counted in guidance/no_feedback) until it answers", self.client.display_url,
             )
             return None
         if self.api == "chat":

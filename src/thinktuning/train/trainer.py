@@ -28,6 +28,7 @@ from thinktuning.models import lora
 from thinktuning.models.load import context_limit, encode_user_turns, end_of_turn_id, load_model, load_tokenizer
 from thinktuning.models.resolve import resolve
 from thinktuning.objective.advantages import compute_advantages
+from thinktuning.outputs import check_output_dir
 from thinktuning.rewards.checker import AnswerChecker
 from thinktuning.rewards.functions import compute_rewards, correctness_reward, load_reward_function
 from thinktuning.rollout.engine import RolloutEngine
@@ -91,6 +92,7 @@ class ThinkTuningTrainer:
         self.run_dir = Path(cfg.output_dir)
         if self.is_main:  # refuse a foreign folder before any slow loading; create it only once inputs are valid
             folder.check_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+            check_output_dir(self.run_dir, "--output-dir")
 
     def _build_data(self) -> None:
         cfg = self.cfg
