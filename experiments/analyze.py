@@ -92,7 +92,7 @@ def fmt(values: list[float]) -> str:
 
 def arm_table(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
     arms = [a for a in ("zero-shot", "grpo", "grpo-format", "tt-scripted-const", "tt-scripted-paper",
-                        "tt-scripted-const-luffy", "tt-model-const") if a in by_arm]
+                        "tt-scripted-const-luffy", "tt-scripted-const-skip", "tt-model-const") if a in by_arm]
     head = ["arm", "seeds", *[name for _, name in GREEDY_KEYS], "pass@4 (100 items, T=1)",
             f"Δ acc vs {BASELINE} [95% CI], paper rule", f"Δ acc vs {BASELINE} [95% CI], lenient rule"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -62,6 +62,9 @@ ARMS: dict[str, tuple[str | None, list[str], str]] = {
     "tt-model-const": ("cpu-demo", ["loss.shaping=aas", *CONSTANT], "ThinkTuning, model teacher, constant schedule"),
     "tt-scripted-const-luffy": ("cpu-scripted", ["loss.shaping=luffy", *CONSTANT],
                                 "ThinkTuning, scripted teacher, constant schedule, LUFFY shaping"),
+    "tt-scripted-const-skip": ("cpu-scripted", ["loss.shaping=aas", *CONSTANT, "guidance.boundary=skip"],
+                               "ThinkTuning, scripted teacher, constant schedule, splice boundary not trained "
+                               "(our variant)"),
     "grpo-format": ("grpo-baseline", ["loss.shaping=aas",
                                       "reward.functions=[experiments/format_reward.py:boxed_number]"],
                     "GRPO + boxed-number format reward (our skeptic's baseline)"),
@@ -70,12 +73,13 @@ RULES = {"paper": "none", "lenient": "last_number"}
 """Reward rule -> reward.answer_fallback: the paper's (only a \\boxed{} answer scores) and the lenient one."""
 
 FIRST = ["zero-shot", "grpo", "tt-scripted-const", "tt-model-const", "grpo-format"]
-THEN = ["tt-scripted-paper", "tt-scripted-const-luffy"]
+THEN = ["tt-scripted-paper", "tt-scripted-const-luffy", "tt-scripted-const-skip"]
 
 
 def budget_order(seeds: int = 3) -> list[str]:
     """The issue's order: arms 1, 2, 4, 5, 7 with 3 seeds (seed by seed, so every arm has a seed early), then arms
-    3 and 6, then the lenient rule's GRPO and constant-schedule arms, then more seeds."""
+    3 and 6 and our splice-boundary variant, then the lenient rule's GRPO and constant-schedule arms, then more
+    seeds."""
     out = ["paper/zero-shot/0"]
     for s in range(seeds):
         out += [f"paper/{a}/{s}" for a in FIRST if a != "zero-shot"]

@@ -99,3 +99,17 @@ def test_watch_names_the_last_errors(caplog):
     with caplog.at_level("WARNING", logger="thinktuning.guidance.guide"):
         watch([TeacherResult(None, "", "connection refused")], 0)
     assert "seems broken (last errors: connection refused)" in caplog.text
+
+
+def test_boundary_skip_marks_where_the_student_had_stopped(smol_tokenizer):
+    cfg = load_config("cpu-scripted", ["guidance.boundary=skip"])
+    guide = Guide(cfg.guidance, cfg.teacher, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id)
+    s = _seq(smol_tokenizer, "3 + 4 = 8")
+    student_len = len(s.response_ids)  # the student's tokens stay; the teacher's first token comes right after
+    guide([s], 0)
+    assert s.no_loss == [student_len]
+    assert s.teacher_mask[student_len] == 1 and s.teacher_mask[student_len - 1] == 0  # the first teacher token
+    plain = load_config("cpu-scripted")
+    t = _seq(smol_tokenizer, "3 + 4 = 8")
+    Guide(plain.guidance, plain.teacher, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id)([t], 0)
+    assert t.no_loss == []

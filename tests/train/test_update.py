@@ -32,3 +32,19 @@ def test_logged_loss_metrics_do_not_depend_on_micro_batch_size(tmp_path, tiny_st
                 assert math.isnan(b), (mbs, k)
             else:
                 assert b == pytest.approx(a, rel=1e-4, abs=1e-6), (mbs, k, a, b)
+
+
+def test_positions_without_loss_leave_the_response_mask_and_the_token_count():
+    from thinktuning.config.load import load_config
+    from thinktuning.data.examples import Example
+    from thinktuning.rollout.types import Trajectory
+    from thinktuning.train.update import Update
+
+    cfg = load_config("cpu-scripted", ["guidance.boundary=skip"])
+    upd = Update(None, None, None, None, optim=cfg.optim, loss=cfg.loss, rollout=cfg.rollout, pad_id=0)
+    ex = Example(id="x", question="q", prompt="p", reference="1")
+    a = Trajectory(ex, 0, [5, 6], [7, 8, 9, 10], True, shaped_mask=[1, 1, 1, 1], no_loss=[2])
+    b = Trajectory(ex, 0, [5], [7, 8], True, shaped_mask=[0, 0])
+    batch, shaped = upd._tensors([a, b])
+    assert batch.response_mask.tolist() == [[1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 0.0, 0.0]]
+    assert shaped.tolist() == [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]

@@ -140,6 +140,10 @@ class GuidanceConfig:
     continuation: Literal["teacher", "student"] = "teacher"
     """``teacher``: the teacher's phrase carries the answer (recipe). ``student``: only the teacher's reason is
     spliced and the student continues on-policy (an extension)."""
+    boundary: Literal["train", "skip"] = "train"
+    """The token the splice puts where the student had ended its turn (the teacher's first token). ``train``: it is
+    trained like every other token (recipe), which also teaches "do not stop after your answer". ``skip`` (our
+    variant, not the paper's): it carries no loss, so guided rollouts leave the student's decision to stop alone."""
 
 
 @dataclass
@@ -250,6 +254,9 @@ class ThinkTuningConfig:
             )
         if self.guidance.enabled and self.guidance.continuation == "student":
             out.append("guidance.continuation=student: the student writes the answer after the teacher's reason")
+        if self.guidance.enabled and self.guidance.boundary == "skip":
+            out.append("guidance.boundary=skip: the splice's first teacher token (where the student had stopped) "
+                       "carries no loss (our variant, not the paper's)")
         if self.guidance.enabled and self.guidance.mask_scope == "teacher":
             out.append("guidance.mask_scope=teacher: only teacher tokens are shaped (recipe: the whole rollout)")
         if self.loss.shaping != "aas":

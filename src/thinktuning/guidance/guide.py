@@ -117,6 +117,8 @@ class Guide:
             student_text = self._decode(s.response_ids[: sp.student_len])
             s.response_ids, s.teacher_mask = sp.response_ids, sp.teacher_mask
             s.guided, s.opinion, s.finished = True, res.feedback.opinion, True
+            if gd.boundary == "skip" and sp.teacher_len:
+                s.no_loss = [sp.student_len]  # where the student's end-of-turn was
             s.teacher_span = (len(student_text), len(self._decode(s.response_ids)))
             if gd.continuation == "student":
                 continuing.append(s)

@@ -39,6 +39,8 @@ class Trajectory:
     guided: bool = False
     teacher_mask: list[int] = field(default_factory=list)
     shaped_mask: list[int] = field(default_factory=list)
+    no_loss: list[int] = field(default_factory=list)
+    """Response positions that carry no loss (``guidance.boundary=skip``: the splice boundary)."""
     teacher_span: tuple[int, int] | None = None
     opinion: str | None = None
     no_feedback: bool = False

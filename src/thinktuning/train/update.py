@@ -97,7 +97,7 @@ class Update:
     def _accumulate(self, trajs, mb, plan, old, world) -> tuple[list[tuple[dict, dict, float]], float | None]:
         """Backward over one mini-batch's micro-batches; returns (metrics, counts, loss) per micro-batch and the
         first non-finite loss (then the whole update is dropped by the caller)."""
-        ntok = sum(len(trajs[i].response_ids) for i in mb)
+        ntok = sum(len(trajs[i].response_ids) - len(trajs[i].no_loss) for i in mb)
         count = float(ntok) if self.loss.aggregation == "token-mean" else float(len(mb))
         norm = distributed.loss_normalizer(distributed.all_sum(self.accelerator, count), world)
         self.optimizer.zero_grad(set_to_none=True)
@@ -125,6 +125,8 @@ class Update:
         shaped = torch.zeros((len(chunk), width))
         for i, s in enumerate(chunk):
             shaped[i, : len(s.shaped_mask)] = torch.tensor(s.shaped_mask, dtype=torch.float32)
+            for j in s.no_loss:  # positions that carry no loss are not response tokens to the loss
+                batch.response_mask[i, j] = 0.0
         return batch, shaped
 
     def _plan(self, trajs: list[Trajectory], mb: list[int], skip_zero: bool) -> list[list[int]]:
