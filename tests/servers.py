@@ -1,8 +1,9 @@
 """Real HTTP servers for the server-backend tests, each started on 127.0.0.1 and always stopped.
 
 ``llama_server``: llama-cpp-python's OpenAI-compatible server (``python -m llama_cpp.server``) serving the
-embedded SmolLM2-135M GGUF, the same weights the trainer's default teacher has. CI installs it (scripts/setup.sh),
-so a missing install FAILS these tests there; set THINKTUNING_ALLOW_SKIP=1 to skip them on a machine without it.
+embedded SmolLM2-135M GGUF, the same weights the trainer's default teacher has. CI installs it
+(scripts/setup.sh --test), so a missing install FAILS these tests there; set THINKTUNING_ALLOW_SKIP=1 to skip them
+on a machine without it.
 
 ``MisbehavingServer``: a small stdlib HTTP server that answers ``/v1/*`` the way broken servers do (garbage, slow,
 HTTP errors) and records every request it got, so tests can see retries and headers on the wire.
@@ -41,7 +42,7 @@ def require_llama_cpp_server() -> None:
                            "pydantic_settings") if importlib.util.find_spec(m) is None]
     if missing:
         message = (f"llama-cpp-python[server] is not installed (missing: {', '.join(missing)}); run "
-                   "scripts/setup.sh, which installs it")
+                   "scripts/setup.sh --test, which installs it")
         if os.environ.get("THINKTUNING_ALLOW_SKIP"):
             pytest.skip(message)
         pytest.fail(message)

