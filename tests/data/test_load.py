@@ -342,3 +342,66 @@ def test_a_real_parquet_file_still_loads(tmp_path):
     pq.write_table(pyarrow.table({"question": ["Q?"], "answer": ["1+1\n#### 2"]}), path)
     (ex,), _ = load_examples("gsm8k", source=str(path))
     assert ex.reference == "2"
+
+
+# ------------------------------------------------------------------ data.name=prompts (any prompt dataset)
+
+def _prompts(tmp_path, rows, name="p.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_prompts_in_trl_standard_and_conversational_formats(tmp_path):
+    from thinktuning.data.load import PromptColumns
+
+    std = _prompts(tmp_path, [{"prompt": "What is 2 + 3?", "answer": 5}, {"prompt": "Name 7.", "answer": "7"}])
+    ex, stats = load_examples("prompts", std)
+    assert [(e.question, e.prompt, e.reference) for e in ex] == [("What is 2 + 3?", "What is 2 + 3?", "5"),
+                                                                  ("Name 7.", "Name 7.", "7")]
+    assert stats.rows_used == 2 and ex[0].id == "prompts/p/0"
+    chat = _prompts(tmp_path, [{"prompt": [{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": "What is 2 + 3?"}], "answer": "#### 5"}],
+                    "c.jsonl")
+    (e,), _ = load_examples("prompts", chat, columns=PromptColumns(instruction="Box the answer."))
+    assert e.question == "Be brief.\n\nWhat is 2 + 3?" and e.reference == "5"
+    assert e.prompt == "Be brief.\n\nWhat is 2 + 3?\n\nBox the answer."
+
+
+def test_prompts_column_mapping_in_csv_and_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from thinktuning.data.load import PromptColumns
+
+    cols = PromptColumns(question="q", answer="gold", solution="work")
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text("q,gold,work\nWhat is 6 x 7?,,6 x 7 = \\boxed{42}\nWhat is 1 + 1?,2,1 + 1 = 2\n",
+                        encoding="utf-8")
+    ex, _ = load_examples("prompts", str(csv_path), columns=cols)
+    assert [(e.reference, e.solution) for e in ex] == [("42", "6 x 7 = \\boxed{42}"), ("2", "1 + 1 = 2")]
+    pq_path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"q": ["What is 9 - 4?"], "gold": ["\\boxed{5}"], "work": ["9 - 4 = 5"]}), pq_path)
+    (e,), _ = load_examples("prompts", str(pq_path), columns=cols)
+    assert (e.question, e.reference) == ("What is 9 - 4?", "5")
+
+
+def test_prompts_missing_columns_name_the_columns_that_exist(tmp_path):
+    from thinktuning.data.load import PromptColumns
+
+    path = _prompts(tmp_path, [{"problem": "What is 3 + 3?", "solution": "3 + 3 = \\boxed{6}"}])
+    with pytest.raises(DatasetError, match=r"missing column\(s\) \['prompt', 'answer'\]\. Columns found: "
+                                           r"\['problem', 'solution'\]\. Name yours with data.question_column"):
+        load_examples("prompts", path)
+    # mapped: no answer column, so the solution's boxed answer is the reference
+    (e,), _ = load_examples("prompts", path, columns=PromptColumns(question="problem", solution="solution"))
+    assert (e.question, e.reference, e.solution) == ("What is 3 + 3?", "6", "3 + 3 = \\boxed{6}")
+    with pytest.raises(DatasetError, match=r"needs data\.source"):
+        load_examples("prompts", None)
+
+
+def test_prompts_refuse_multi_turn_rows_with_the_row(tmp_path):
+    path = _prompts(tmp_path, [{"prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                                "answer": "1"}])
+    with pytest.raises(DatasetError, match=r"line 1: column 'prompt' holds turns \['user', 'assistant'\]"):
+        load_examples("prompts", path)

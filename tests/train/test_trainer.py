@@ -212,3 +212,22 @@ def test_skipping_zero_advantage_rows_leaves_the_update_unchanged(tmp_path, tiny
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     for name, tensor in w_skip.items():
         assert torch.allclose(tensor, w_all[name], atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_training_on_a_users_prompt_dataset(tmp_path, tiny_student):
+    data = tmp_path / "mine.jsonl"
+    rows = [{"instruction": [{"role": "user", "content": f"What is {i} + {i}?"}], "gold": f"#### {2 * i}"}
+            for i in range(1, 9)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = _tiny_cfg(tiny_student, tmp_path / "run", [
+        "data.name=prompts", f"data.source={data}", "data.question_column=instruction", "data.answer_column=gold",
+        "data.instruction=Put the answer in \\boxed{}.", "save_every=0"])
+    cfg.max_steps = 1
+    (m,) = ThinkTuningTrainer(cfg).train()
+    assert m["step"] == 1
+    rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
+    assert {r["question"] for r in rollouts} <= {f"What is {i} + {i}?" for i in range(1, 9)}
+    assert all(r["reference"] == str(2 * int(r["question"].split()[2])) for r in rollouts)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["data"]["rows_used"] == 8

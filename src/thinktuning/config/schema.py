@@ -28,10 +28,23 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: Literal["arithmetic", "gsm8k", "math"] = "arithmetic"
-    """Training task: built-in procedural ``arithmetic``, ``gsm8k`` or ``math``."""
+    name: Literal["arithmetic", "gsm8k", "math", "prompts"] = "arithmetic"
+    """Training task: built-in procedural ``arithmetic``, ``gsm8k``, ``math``, or ``prompts``: any dataset of
+    prompts and reference answers (TRL's standard or conversational prompt format; columns below)."""
     source: str | None = None
-    """Hub dataset name or local path (JSONL file or folder with ``{split}.jsonl``). None: the task's default."""
+    """Hub dataset name or local path (JSONL/JSON/CSV/Parquet file, or a folder with ``{split}.jsonl``). None: the
+    task's default (``prompts`` has none)."""
+    hub_config: str | None = None
+    """The hub dataset's configuration (subset) name, when it has several."""
+    question_column: str = "prompt"
+    """``prompts``: the column holding the prompt, as text or as chat messages (system and user turns)."""
+    answer_column: str = "answer"
+    """``prompts``: the reference answer (text or number; ``... #### 42`` and ``\\boxed{42}`` give ``42``)."""
+    solution_column: str | None = None
+    """``prompts``: an optional worked solution (what ``teacher.sees_reference=solution`` shows the teacher; its
+    ``\\boxed{}`` answer is used when the answer cell is empty)."""
+    instruction: str | None = None
+    """``prompts``: appended to every prompt after a blank line (e.g. how to format the answer); None: verbatim."""
     split: str = "train"
     limit: int | None = None
     """Use at most this many rows (``arithmetic``: how many problems to generate; default 2000)."""

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from thinktuning.data.examples import Example, build_prompt
 from thinktuning.errors import DatasetError
 
-_LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _ARITHMETIC_DEFAULT_SIZE = {"train": 2000}  # other splits: 200
 _ARITHMETIC_LEVELS = (1, 2, 3, 4)
 _TRAIN_SHARE = 80  # percent of the arithmetic problem space reserved for the train split

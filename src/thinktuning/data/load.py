@@ -16,15 +16,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from thinktuning.data.arithmetic import _ARITHMETIC_DEFAULT_SIZE, _LOCAL_SUFFIXES, _check_levels, make_arithmetic
+from thinktuning.config.schema import DataConfig
+from thinktuning.data.arithmetic import _ARITHMETIC_DEFAULT_SIZE, _check_levels, make_arithmetic
 from thinktuning.data.examples import DataStats, Example, build_prompt
 from thinktuning.errors import DatasetError
 from thinktuning.jsonl import iter_jsonl, read_utf8
 from thinktuning.rewards.answers import extract_boxed
 
-DATASETS = ("arithmetic", "gsm8k", "math")
+DATASETS = ("arithmetic", "gsm8k", "math", "prompts")
 DEFAULT_SOURCES = {"gsm8k": "openai/gsm8k", "math": "HuggingFaceH4/MATH-500"}
 _HUB_CONFIGS = {"openai/gsm8k": "main", "gsm8k": "main"}
+_LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class PromptColumns:
+    """Where a ``prompts`` dataset keeps each field (``data.question_column`` etc.), and the optional instruction
+    appended to every prompt."""
+
+    question: str = "prompt"
+    answer: str = "answer"
+    solution: str | None = None
+    instruction: str | None = None
 
 class _BadRow(Exception):
     """Raised by a row converter; ``reason`` is the short key counted in DataStats.skipped_reasons."""
@@ -117,16 +130,16 @@ def _read_local(source: str, split: str) -> _Table:
     return _Table(str(path), id_part, columns, rows)
 
 
-def _read_hub(name: str, source: str, split: str) -> _Table:
+def _read_hub(name: str, source: str, split: str, config: str | None = None) -> _Table:
     """The real hub path (datasets.load_dataset); offline, its failure says how to use a local copy."""
     import datasets
 
-    config = _HUB_CONFIGS.get(source)
+    config = config or _HUB_CONFIGS.get(source)
     try:
         ds = datasets.load_dataset(source, config, split=split)
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [""])[0]
-        hint = f"../shared/data/{'math500' if name == 'math' else name}"
+        hint = f"../shared/data/{'math500' if name == 'math' else name}" if name != "prompts" else "my_prompts.jsonl"
         raise DatasetError(
             f"hub load of {source!r} (config {config}, split {split!r}) failed: {type(exc).__name__}: "
             f"{first_line}. If you are offline, pass a local file or folder as the source instead, e.g. "
@@ -188,24 +201,85 @@ def _math_row(record: dict) -> tuple[str, str, str | None]:
     return question, reference, (solution.strip() or None) if solution else None
 
 
-def _check_columns(name: str, table: _Table) -> None:
-    cols = set(table.columns)
+def _prompt_text(value: Any, column: str) -> str:
+    """A prompt cell as one text: plain text, or chat messages (TRL's conversational format) of system and user
+    turns joined by blank lines; an assistant turn means a multi-turn conversation, which is not a prompt here."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise _BadRow(f"empty {column}", f"column {column!r} is empty")
+        return value.strip()
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        roles = [m.get("role") for m in value]
+        if any(r not in ("system", "user") for r in roles):
+            raise _BadRow("not a single-turn prompt", f"column {column!r} holds turns {roles}; only system and "
+                          "user turns can form a prompt")
+        parts = [str(m.get("content") or "").strip() for m in value]
+        if not any(parts):
+            raise _BadRow(f"empty {column}", f"column {column!r} holds messages without content")
+        return "\n\n".join(p for p in parts if p)
+    raise _BadRow(f"{column} not a prompt", f"column {column!r} holds a {type(value).__name__}, neither text nor a "
+                  "list of chat messages")
+
+
+def _reference(value: Any) -> str | None:
+    """A reference answer cell: ``... #### 42`` (GSM8K style) and ``\\boxed{42}`` reduce to ``42``."""
+    text = _answer_field(value)
+    if text is None:
+        return None
+    if "####" in text:
+        text = text.rpartition("####")[2].replace(",", "").replace("$", "").strip() or None
+    elif "\\boxed" in text or "\\fbox" in text:
+        text = extract_boxed(text)
+    return text
+
+
+def _prompts_row(record: dict, cols: PromptColumns) -> tuple[str, str, str | None]:
+    if record.get(cols.question) is None:
+        raise _BadRow(f"missing {cols.question}", f"column {cols.question!r} is missing or null")
+    question = _prompt_text(record[cols.question], cols.question)
+    solution = record.get(cols.solution) if cols.solution and isinstance(record.get(cols.solution), str) else None
+    reference = _reference(record.get(cols.answer))
+    if reference is None and solution:
+        reference = extract_boxed(solution)
+    if reference is None:
+        raise _BadRow("no answer", f"no usable reference in column {cols.answer!r}"
+                      + (f" and no \\boxed{{}} answer in {cols.solution!r}" if cols.solution else ""))
+    return question, reference, (solution.strip() or None) if solution else None
+
+
+def _check_columns(name: str, table: _Table, cols: PromptColumns | None = None) -> None:
+    found = set(table.columns)
+    if name == "prompts":
+        cols = cols or PromptColumns()
+        missing = [c for c in (cols.question,) if c not in found]
+        if cols.answer not in found and not (cols.solution and cols.solution in found):
+            missing.append(cols.answer)
+        if cols.solution and cols.solution not in found:
+            missing.append(cols.solution)
+        if missing:
+            raise DatasetError(
+                f"{table.label}: missing column(s) {missing}. Columns found: {sorted(found) or 'none'}. Name yours "
+                "with data.question_column, data.answer_column and data.solution_column")
+        return
+    cols_found = found
     if name == "gsm8k":
-        missing = [c for c in ("question", "answer") if c not in cols]
+        missing = [c for c in ("question", "answer") if c not in cols_found]
         needed = "'question' and 'answer' (a worked solution ending '#### <number>')"
     else:
-        missing = [] if cols & {"problem", "question"} else ["problem"]
-        if not cols & {"answer", "solution"}:
+        missing = [] if cols_found & {"problem", "question"} else ["problem"]
+        if not cols_found & {"answer", "solution"}:
             missing.append("answer")
         needed = "'problem' (or 'question') and 'answer' (or a 'solution' with a \\boxed{} answer)"
     if missing:
         raise DatasetError(f"{table.label}: missing column(s) {missing} for dataset {name!r}. Columns found: "
-                           f"{sorted(cols) or 'none'}; columns needed: {needed}")
+                           f"{sorted(cols_found) or 'none'}; columns needed: {needed}")
 
 
-def _convert(name: str, table: _Table, limit: int | None, on_bad_row: str) -> tuple[list[Example], DataStats]:
+def _convert(name: str, table: _Table, limit: int | None, on_bad_row: str,
+             cols: PromptColumns | None = None) -> tuple[list[Example], DataStats]:
     stats = DataStats(source=table.label)
-    convert = _gsm8k_row if name == "gsm8k" else _math_row
+    cols = cols or PromptColumns()
+    convert = {"gsm8k": _gsm8k_row, "math": _math_row, "prompts": lambda r: _prompts_row(r, cols)}[name]
     examples: list[Example] = []
     for index, (where, record) in enumerate(table.rows):
         if limit is not None and len(examples) >= limit:
@@ -225,8 +299,10 @@ def _convert(name: str, table: _Table, limit: int | None, on_bad_row: str) -> tu
             stats.rows_skipped += 1
             stats.skipped_reasons[bad.reason] = stats.skipped_reasons.get(bad.reason, 0) + 1
             continue
+        prompt = build_prompt(question) if name != "prompts" else (
+            question if not cols.instruction else f"{question}\n\n{cols.instruction.strip()}")
         examples.append(Example(id=f"{name}/{table.id_part}/{index}", question=question,
-                                prompt=build_prompt(question), reference=reference, solution=solution))
+                                prompt=prompt, reference=reference, solution=solution))
     stats.rows_used = len(examples)
     if not examples:
         why = f" ({stats.rows_skipped} skipped: {stats.skipped_reasons})" if stats.rows_skipped else ""
@@ -242,13 +318,15 @@ def load_examples(
     seed: int = 0,
     on_bad_row: str = "error",
     levels: Sequence[int] = (1, 2, 3),
+    columns: PromptColumns | None = None,
+    hub_config: str | None = None,
 ) -> tuple[list[Example], DataStats]:
     """Load problems by dataset name from the hub or a local path; see the module docstring for why.
 
     ``source``: None for the default (built-in task, or the hub dataset), a hub name, or a local
     ``.jsonl/.json/.csv/.parquet`` file or a folder holding ``{split}.jsonl``. ``limit`` keeps the first N
     usable rows; nothing is shuffled here (the trainer shuffles with its own seed). ``seed`` and ``levels``
-    apply to the arithmetic task only.
+    apply to the arithmetic task only; ``columns`` to ``prompts`` only; ``hub_config`` to a hub source.
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)} (set data.name)")
@@ -266,15 +344,27 @@ def load_examples(
         examples = make_arithmetic(n, seed, levels, split=split)
         label = f"builtin:arithmetic(split={split}, seed={seed}, levels={list(_check_levels(levels))})"
         return examples, DataStats(source=label, rows_read=n, rows_used=n)
+    if name == "prompts" and source is None:
+        raise DatasetError("data.name=prompts needs data.source: a local .jsonl/.json/.csv/.parquet file or folder, "
+                           "or a hub dataset name")
     source = str(source) if source is not None else DEFAULT_SOURCES[name]
     if source == DEFAULT_SOURCES["math"] and split != "test":
         raise DatasetError(f"{source} has only a 'test' split, not {split!r}: set data.split=test, or pass "
                            "another MATH file or hub dataset as data.source")
-    table = _read_local(source, split) if _looks_like_path(source) else _read_hub(name, source, split)
+    table = _read_local(source, split) if _looks_like_path(source) else _read_hub(name, source, split, hub_config)
     if not table.rows:
         raise DatasetError(f"{table.label}: the dataset is empty (no rows)")
-    _check_columns(name, table)
-    return _convert(name, table, limit, on_bad_row)
+    _check_columns(name, table, columns)
+    return _convert(name, table, limit, on_bad_row, columns)
+
+
+def load_training_data(d: DataConfig, seed: int) -> tuple[list[Example], DataStats]:
+    """The training problems a config's ``data`` section names (the arithmetic task: 2,000 by default)."""
+    return load_examples(
+        d.name, d.source, d.split, limit=d.limit or (2000 if d.name == "arithmetic" else None), seed=seed,
+        on_bad_row=d.on_bad_row, levels=d.levels, hub_config=d.hub_config,
+        columns=PromptColumns(d.question_column, d.answer_column, d.solution_column, d.instruction),
+    )
 
 
 def step_examples(examples: Sequence[Example], step: int, per_step: int, seed: int, shuffle: bool) -> list[Example]:

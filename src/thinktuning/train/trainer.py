@@ -19,7 +19,7 @@ import torch
 from thinktuning.config.checks import check_context_lengths, validate
 from thinktuning.config.schema import ThinkTuningConfig
 from thinktuning.data.examples import Example
-from thinktuning.data.load import load_examples, step_examples
+from thinktuning.data.load import load_training_data, step_examples
 from thinktuning.errors import ConfigError, DatasetError
 from thinktuning.guidance import rules
 from thinktuning.guidance.guide import Guide, TeacherWatch
@@ -196,10 +196,7 @@ class ThinkTuningTrainer:
 
     def _load_data(self) -> tuple[list[Example], Any]:
         d = self.cfg.data
-        examples, stats = load_examples(
-            d.name, d.source, d.split, limit=d.limit or (2000 if d.name == "arithmetic" else None),
-            seed=self.cfg.seed, on_bad_row=d.on_bad_row, levels=d.levels,
-        )
+        examples, stats = load_training_data(d, self.cfg.seed)
         if not examples:
             raise DatasetError(f"dataset {d.name!r} ({d.source or 'default source'}) has no usable rows")
         self._prompt_ids: dict[str, list[int]] = {}
