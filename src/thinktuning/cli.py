@@ -13,7 +13,9 @@ import shlex
 import signal
 import sys
 
+from thinktuning import plan as plan_cli
 from thinktuning.eval import cli as eval_cli
+from thinktuning.run import share
 from thinktuning.secrets import Scrubber, scrubbed_logs
 
 
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--max-groups", type=int, default=None, metavar="N",
                         help="show at most N groups per step (default: all)")
     eval_cli.add_parsers(sub)
+    plan_cli.add_parser(sub)
+    share.add_parser(sub)
     return parser
 
 
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args.scrub = scrubber_for(args)
     try:
         commands = {"train": cmd_train, "report": cmd_report, "eval": eval_cli.cmd_eval,
-                    "compare": eval_cli.cmd_compare}
+                    "compare": eval_cli.cmd_compare, "plan": plan_cli.cmd_plan, "push": share.cmd_push}
         with scrubbed_logs(args.scrub):
             return commands[args.command](args)
     except _user_errors() as err:

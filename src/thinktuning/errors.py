@@ -46,6 +46,10 @@ class OutputPathError(RunFolderError):
     permission), found before the work whose results it would hold."""
 
 
+class PushError(RunFolderError):
+    """Sharing a run failed at the Hub's end (no token, an upload refused or cut); reported like a RunFolderError."""
+
+
 class CheckpointError(RuntimeError):
     """Saving or loading a checkpoint failed; the message says why and what was left intact."""
 

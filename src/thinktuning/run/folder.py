@@ -34,7 +34,7 @@ MARKER = "run.json"
 RUN_FILES = ("config.yaml", MARKER, "metrics.jsonl", "rollouts.jsonl", "report.html", "eval.json",
              "reflection.json", "eval_results*.json", ".eval_results*.json.tmp-*", ".eval.json.tmp-*")
 """Files a run (training, ``report``, ``eval``) writes at its top level; glob patterns allowed."""
-RUN_FOLDERS = ("checkpoints", "tensorboard", "wandb")
+RUN_FOLDERS = ("checkpoints", "tensorboard", "wandb", "hub-upload")
 """Folders a run writes: its checkpoints and the trackers' local logs."""
 
 
