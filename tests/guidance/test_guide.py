@@ -113,3 +113,20 @@ def test_boundary_skip_marks_where_the_student_had_stopped(smol_tokenizer):
     t = _seq(smol_tokenizer, "3 + 4 = 8")
     Guide(plain.guidance, plain.teacher, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id)([t], 0)
     assert t.no_loss == []
+
+
+def test_mentions_finds_the_answer_as_a_whole_number():
+    from thinktuning.guidance.guide import mentions
+
+    assert mentions("So it is 12.", "12") and mentions("12 apples", "12") and mentions("(12)", "12")
+    assert not mentions("It is 120.", "12") and not mentions("about 1.12 of it", "12") and not mentions("x", "")
+    assert not mentions("It is 12.5 now", "12")
+
+
+def test_an_answer_the_teacher_was_not_shown_is_flagged_as_a_leak(smol_tokenizer):
+    for sees, leak in (("none", True), ("answer", False)):
+        cfg = load_config("cpu-demo", [f"teacher.sees_reference={sees}"])
+        guide = Guide(cfg.guidance, cfg.teacher, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id)
+        s = _seq(smol_tokenizer, "3 + 4 = 8")  # the RecordingTeacher's feedback says 3 + 4 is 7, the reference
+        guide([s], 0)
+        assert s.answer_leak is leak

@@ -307,3 +307,29 @@ def test_shaped_mask_unguided_is_all_zero(scope: str) -> None:
 def test_shaped_mask_bad_scope_raises() -> None:
     with pytest.raises(ValueError, match=r"unknown guidance\.mask_scope 'all'"):
         shaped_mask([0, 1], guided=True, scope="all")
+
+
+def test_targets_pick_groups_by_their_own_rewards() -> None:
+    from thinktuning.guidance.rules import targeted
+
+    assert targeted([0.0, 1.0], "uniform")
+    assert targeted([0.0, 0.0], "zero_signal") and targeted([1.0, 1.0], "zero_signal")
+    assert not targeted([0.0, 1.0], "zero_signal")
+    assert targeted([0.0, 0.0], "failing") and not targeted([1.0, 1.0], "failing")
+    with pytest.raises(ValueError, match=r"unknown guidance\.target"):
+        targeted([0.0], "hardest")
+
+
+def test_select_guided_with_a_target_skips_groups_that_have_signal() -> None:
+    # groups of 2: [wrong, wrong] (no signal, failing), [right, wrong] (signal), [right, right] (no signal)
+    finished = [True] * 6
+    own = [0.0, 0.0, 1.0, 0.0, 1.0, 1.0]
+    rng = random.Random(0)
+    zero = select_guided(finished, 2, 0.5, rng, 1, own, "zero_signal")
+    assert [i // 2 for i in zero] == [0, 2]
+    failing = select_guided(finished, 2, 0.5, random.Random(0), 1, own, "failing")
+    assert [i // 2 for i in failing] == [0]
+    assert select_guided(finished, 2, 0.5, random.Random(0)) == select_guided(finished, 2, 0.5, random.Random(0),
+                                                                            1, own, "uniform")
+    with pytest.raises(ValueError, match="needs each rollout's own reward"):
+        select_guided(finished, 2, 0.5, random.Random(0), 1, None, "failing")

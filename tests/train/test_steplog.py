@@ -35,3 +35,15 @@ def test_groups_rescued_counts_groups_whose_only_signal_came_from_guidance() -> 
     had_signal = [_traj(1, 1.0, 1.0), _traj(1, 0.0, 1.0)]  # its own rollouts already differed
     still_flat = [_traj(2, 0.0, 0.0), _traj(2, 0.0, 0.0)]  # guidance did not change a reward
     assert groups_rescued(rescued + had_signal + still_flat) == 1
+
+
+def test_teacher_accounting_counts_flips_and_leaks() -> None:
+    from thinktuning.train.steplog import teacher_accounting
+
+    right_kept, right_broken, wrong_fixed, wrong_kept = (_traj(0, 1.0, 1.0), _traj(0, 1.0, 0.0), _traj(1, 0.0, 1.0),
+                                                         _traj(1, 0.0, 0.0))
+    right_kept.final_correct, right_broken.final_correct, wrong_fixed.final_correct = 1.0, 0.0, 1.0
+    wrong_fixed.answer_leak = True
+    m = teacher_accounting([right_kept, right_broken, wrong_fixed, wrong_kept])
+    assert m == {"guidance/guided_correct": 2, "guidance/right_to_wrong": 1, "guidance/wrong_to_right": 1,
+                 "guidance/answer_leaks": 1}

@@ -231,3 +231,17 @@ def test_training_on_a_users_prompt_dataset(tmp_path, tiny_student):
     assert all(r["reference"] == str(2 * int(r["question"].split()[2])) for r in rollouts)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["data"]["rows_used"] == 8
+
+
+@pytest.mark.slow
+def test_targeted_guidance_and_the_teachers_accounting(tmp_path, tiny_student):
+    # the tiny student is never right on its own, so every group lacks signal and is targeted by zero_signal
+    cfg = _tiny_cfg(tiny_student, tmp_path / "run", ["teacher.backend=scripted", "guidance.p_start=0.25",
+                                                     "guidance.target=zero_signal", "save_every=0"])
+    cfg.max_steps = 1
+    (m,) = ThinkTuningTrainer(cfg).train()
+    assert m["guidance/guided"] > 0
+    assert m["guidance/groups_rescued"] == m["guidance/wrong_to_right"] > 0  # the scripted teacher ends right
+    assert m["guidance/guided_correct"] == m["guidance/guided"] and m["guidance/right_to_wrong"] == 0
+    guided = [r for r in read_jsonl(tmp_path / "run" / "rollouts.jsonl") if r["guided"]]
+    assert all(r["final_correct"] == 1.0 and r["student_correct"] == 0.0 for r in guided)

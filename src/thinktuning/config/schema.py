@@ -153,6 +153,9 @@ class GuidanceConfig:
     continuation: Literal["teacher", "student"] = "teacher"
     """``teacher``: the teacher's phrase carries the answer (recipe). ``student``: only the teacher's reason is
     spliced and the student continues on-policy (an extension)."""
+    target: Literal["uniform", "zero_signal", "failing"] = "uniform"
+    """Which groups guidance reaches: any (``uniform``, the paper), only groups whose own rollouts all got the same
+    reward, where GRPO has no signal (``zero_signal``), or only groups with no correct rollout (``failing``)."""
     boundary: Literal["train", "skip"] = "train"
     """The token the splice puts where the student had ended its turn (the teacher's first token). ``train``: it is
     trained like every other token (recipe), which also teaches "do not stop after your answer". ``skip`` (our
@@ -267,6 +270,9 @@ class ThinkTuningConfig:
             )
         if self.guidance.enabled and self.guidance.continuation == "student":
             out.append("guidance.continuation=student: the student writes the answer after the teacher's reason")
+        if self.guidance.enabled and self.guidance.target != "uniform":
+            out.append(f"guidance.target={self.guidance.target}: only some groups are guided (the paper guides any "
+                       "group; an extension)")
         if self.guidance.enabled and self.guidance.boundary == "skip":
             out.append("guidance.boundary=skip: the splice's first teacher token (where the student had stopped) "
                        "carries no loss (our variant, not the paper's)")

@@ -8,6 +8,7 @@ has stopped giving usable feedback.
 from __future__ import annotations
 
 import logging
+import re
 
 from thinktuning.config.schema import GuidanceConfig, TeacherConfig
 from thinktuning.guidance import rules
@@ -120,6 +121,13 @@ class Guide:
             if gd.boundary == "skip" and sp.teacher_len:
                 s.no_loss = [sp.student_len]  # where the student's end-of-turn was
             s.teacher_span = (len(student_text), len(self._decode(s.response_ids)))
+            s.answer_leak = self.teacher_cfg.sees_reference == "none" and mentions(text, s.example.reference)
             if gd.continuation == "student":
                 continuing.append(s)
         return continuing
+
+
+def mentions(text: str, answer: str) -> bool:
+    """Whether ``text`` states ``answer`` as a whole token (``12`` in "it is 12." but not in "120")."""
+    answer = answer.strip()
+    return bool(answer) and re.search(rf"(?<![\w.]){re.escape(answer)}(?![\w]|\.\d)", text) is not None

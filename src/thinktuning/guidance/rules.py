@@ -66,18 +66,40 @@ def guided_count(num_eligible: int, p: float, min_per_group: int = 1) -> int:
     return min(num_eligible, max(min_per_group, math.floor(num_eligible * p + 1e-9)))
 
 
-def select_guided(
-    finished: Sequence[bool], group_size: int, p: float, rng: random.Random, min_per_group: int = 1
-) -> list[int]:
-    """Indices (into the flat rollout list) to guide: in each group, k of its terminated rollouts, uniformly.
+TARGETS = ("uniform", "zero_signal", "failing")
+"""Which groups guidance may reach (``guidance.target``): any (the paper), only groups whose own rollouts all got
+the same reward (no GRPO signal of their own), or only groups with no correct rollout."""
 
-    Correctness plays no part: correct answers get feedback too. Rollouts cut at the length limit are never
-    eligible (there is no end of thought to reflect on).
+
+def targeted(own: Sequence[float], target: str) -> bool:
+    """Whether a group with its own rollouts' rewards ``own`` is one ``target`` guides."""
+    if target == "uniform":
+        return True
+    if target == "zero_signal":
+        return len(set(own)) <= 1
+    if target == "failing":
+        return all(r <= 0 for r in own)
+    raise ValueError(f"unknown guidance.target {target!r}; use one of {', '.join(TARGETS)}")
+
+
+def select_guided(
+    finished: Sequence[bool], group_size: int, p: float, rng: random.Random, min_per_group: int = 1,
+    own: Sequence[float] | None = None, target: str = "uniform",
+) -> list[int]:
+    """Indices (into the flat rollout list) to guide: in each targeted group, k of its terminated rollouts, uniformly.
+
+    With the paper's ``target="uniform"`` correctness plays no part: correct answers get feedback too. Rollouts cut
+    at the length limit are never eligible (there is no end of thought to reflect on). ``own`` holds each rollout's
+    own reward, which the other targets need.
     """
     if len(finished) % group_size:
         raise ValueError(f"{len(finished)} rollouts do not split into groups of {group_size}")
+    if target != "uniform" and (own is None or len(own) != len(finished)):
+        raise ValueError(f"guidance.target={target} needs each rollout's own reward")
     chosen: list[int] = []
     for start in range(0, len(finished), group_size):
+        if target != "uniform" and not targeted(own[start : start + group_size], target):  # type: ignore[index]
+            continue
         eligible = [i for i in range(start, start + group_size) if finished[i]]
         k = guided_count(len(eligible), p, min_per_group)
         chosen.extend(sorted(rng.sample(eligible, k)))

@@ -39,6 +39,10 @@ class Trajectory:
     guided: bool = False
     teacher_mask: list[int] = field(default_factory=list)
     shaped_mask: list[int] = field(default_factory=list)
+    final_correct: float | None = None
+    """A guided rollout's correctness after the splice (the teacher's accounting); None when unguided."""
+    answer_leak: bool = False
+    """The teacher's words contain the reference answer although it was not shown it (``sees_reference=none``)."""
     no_loss: list[int] = field(default_factory=list)
     """Response positions that carry no loss (``guidance.boundary=skip``: the splice boundary)."""
     teacher_span: tuple[int, int] | None = None

@@ -6,8 +6,13 @@ module, never the trainer.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 from thinktuning.config.schema import ThinkTuningConfig
 from thinktuning.errors import ConfigError
+from thinktuning.models import lora
+from thinktuning.models.load import load_model
 from thinktuning.teacher.base import Teacher
 
 
@@ -66,3 +71,20 @@ def needs_frozen_student(cfg: ThinkTuningConfig) -> bool:
     student's base weights never change, so the student with its adapters off is that copy already."""
     return (cfg.guidance.enabled and cfg.teacher.backend == "model" and cfg.teacher.model == "student-init"
             and not cfg.lora.enabled)
+
+
+def build_teacher_and_reference(cfg: ThinkTuningConfig, student, student_spec, tokenizer, device):
+    """``(teacher, reference, frozen_view)``: the teacher (a frozen copy of the initial student by default), the
+    frozen KL reference only when KL is on (the same frozen copy: loaded once), and the context that runs the frozen
+    copy. With LoRA the frozen initial student is ``student`` itself under ``adapters_off``: no second copy."""
+    frozen, frozen_view = None, contextlib.nullcontext
+    if cfg.lora.enabled:
+        frozen, frozen_view = student, functools.partial(lora.adapters_off, student)
+    elif needs_frozen_student(cfg) or cfg.loss.kl_coef > 0:
+        frozen = load_model(student_spec, cfg.model.dtype, cfg.model.trust_remote_code)
+        frozen.requires_grad_(False).eval().to(device)
+    teacher = None
+    if cfg.guidance.enabled:
+        teacher = build_teacher(cfg, tokenizer=tokenizer, frozen_student=frozen, device=device,
+                                frozen_context=frozen_view if cfg.lora.enabled else None)
+    return teacher, (frozen if cfg.loss.kl_coef > 0 else None), frozen_view

@@ -41,6 +41,7 @@ def step_metrics(
         "guidance/teacher_token_fraction": teacher_tokens / max(resp_tokens, 1),
         "guidance/reward_guided": mean([s.reward for s in guided]),
         "guidance/groups_rescued": groups_rescued(seqs),
+        **teacher_accounting(guided),
         "guidance/reward_unguided": mean([s.reward for s in unguided]),
         "loss": upd.pop("loss"),
         "loss/shaped_weight_mean": upd.get("shaped_weight_mean", 0.0),
@@ -52,6 +53,18 @@ def step_metrics(
         "reward/checker_timeouts": checker_timeouts,
         "reward/unparsed_references": unparsed_references,
         **{f"loss/{k}": v for k, v in upd.items()},
+    }
+
+
+def teacher_accounting(guided: list[Trajectory]) -> dict[str, float]:
+    """What the teacher did to the rollouts it guided: how many end correct, how many it turned from right to wrong
+    (the teacher made it worse) or from wrong to right, and how often it stated the answer it was not shown."""
+    final = [(s.student_correct > 0, (s.final_correct or 0.0) > 0) for s in guided]
+    return {
+        "guidance/guided_correct": sum(after for _, after in final),
+        "guidance/right_to_wrong": sum(before and not after for before, after in final),
+        "guidance/wrong_to_right": sum(after and not before for before, after in final),
+        "guidance/answer_leaks": sum(s.answer_leak for s in guided),
     }
 
 
@@ -89,7 +102,8 @@ def rollout_record(step: int, index: int, s: Trajectory) -> dict[str, Any]:
         "guided": s.guided, "teacher_span": list(s.teacher_span) if s.teacher_span else None,
         "opinion": s.opinion, "no_feedback": s.no_feedback, "teacher_raw": s.teacher_raw,
         "teacher_error": s.teacher_error,
-        "finished": s.finished, "student_correct": s.student_correct, "reward": s.reward,
+        "finished": s.finished, "student_correct": s.student_correct, "final_correct": s.final_correct,
+        "answer_leak": s.answer_leak, "reward": s.reward,
         "advantage": s.advantage, "response_tokens": len(s.response_ids),
     }
 

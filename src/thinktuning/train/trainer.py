@@ -25,7 +25,7 @@ from thinktuning.guidance import rules
 from thinktuning.guidance.guide import Guide, TeacherWatch
 from thinktuning.jsonl import JsonlWriter, truncate_jsonl
 from thinktuning.models import lora
-from thinktuning.models.load import context_limit, encode_user_turns, end_of_turn_id, load_model, load_tokenizer
+from thinktuning.models.load import context_limit, encode_user_turns, end_of_turn_id, load_tokenizer
 from thinktuning.models.resolve import resolve
 from thinktuning.objective.advantages import compute_advantages
 from thinktuning.outputs import check_output_dir
@@ -37,7 +37,7 @@ from thinktuning.rollout.types import Trajectory
 from thinktuning.run import checkpoint as ckpt
 from thinktuning.run import folder, tracking
 from thinktuning.run.progress import Progress
-from thinktuning.teacher.build import build_teacher, needs_frozen_student
+from thinktuning.teacher.build import build_teacher_and_reference
 from thinktuning.train import distributed, steplog
 from thinktuning.train.interrupt import StopRequest
 from thinktuning.train.steplog import StepTimer
@@ -120,7 +120,8 @@ class ThinkTuningTrainer:
         model = lora.load_student(self.student_spec, cfg.lora, self.resume_from, cfg.model.dtype,
                                   cfg.model.trust_remote_code)
         model.train()
-        self.teacher, self.ref_model = self._load_teacher_and_ref(model)
+        self.teacher, self.ref_model, self.frozen_view = build_teacher_and_reference(
+            self.cfg, model, self.student_spec, self.tokenizer, self.accelerator.device)
         self.guide = (
             Guide(cfg.guidance, cfg.teacher, self.teacher, self.tokenizer, self.eos_id, TeacherWatch(logger=log))
             if self.teacher is not None else None
@@ -201,7 +202,7 @@ class ThinkTuningTrainer:
             raise DatasetError(f"dataset {d.name!r} ({d.source or 'default source'}) has no usable rows")
         self._prompt_ids: dict[str, list[int]] = {}
         kept = []
-        for ex, ids in zip(examples, self._encode_prompts([ex.prompt for ex in examples]), strict=True):
+        for ex, ids in zip(examples, encode_user_turns(self.tokenizer, [ex.prompt for ex in examples]), strict=True):
             if len(ids) <= self.cfg.rollout.max_prompt_length:
                 self._prompt_ids[ex.id] = ids
                 kept.append(ex)
@@ -212,27 +213,6 @@ class ThinkTuningTrainer:
                 f"{self.cfg.rollout.max_prompt_length} tokens; raise it"
             )
         return kept, stats
-
-    def _encode_prompts(self, texts: list[str]) -> list[list[int]]:
-        return encode_user_turns(self.tokenizer, texts)
-
-    def _load_teacher_and_ref(self, student):
-        """The teacher (a frozen copy of the initial student by default) and, only when KL is on, a frozen
-        reference (the same frozen copy: it is loaded once). With LoRA the frozen initial student is ``student``
-        itself, run under ``self.frozen_view`` (adapters off): no second copy."""
-        cfg = self.cfg
-        frozen, self.frozen_view = None, contextlib.nullcontext
-        if cfg.lora.enabled:
-            frozen, self.frozen_view = student, functools.partial(lora.adapters_off, student)
-        elif needs_frozen_student(cfg) or cfg.loss.kl_coef > 0:
-            frozen = load_model(self.student_spec, cfg.model.dtype, cfg.model.trust_remote_code)
-            frozen.requires_grad_(False).eval().to(self.accelerator.device)
-        teacher = None
-        if cfg.guidance.enabled:
-            teacher = build_teacher(cfg, tokenizer=self.tokenizer, frozen_student=frozen,
-                                    device=self.accelerator.device,
-                                    frozen_context=self.frozen_view if cfg.lora.enabled else None)
-        return teacher, (frozen if cfg.loss.kl_coef > 0 else None)
 
     def _check_context(self, model) -> None:
         """Refuse lengths that overflow the student's or the teacher's context window, before any step runs."""
@@ -356,7 +336,7 @@ class ThinkTuningTrainer:
             rank = self.accelerator.process_index
             pick_rng = random.Random(f"{self.cfg.seed}-guide-{step}{distributed.rank_salt(rank)}")
             chosen = rules.select_guided([s.finished for s in trajs], self.cfg.rollout.group_size, p, pick_rng,
-                                         gd.min_per_group)
+                                         gd.min_per_group, [s.student_correct for s in trajs], gd.target)
             self._continue(self.guide([trajs[i] for i in chosen], step), step)
         for s in trajs:
             s.shaped_mask = rules.shaped_mask(s.teacher_mask, s.guided, gd.mask_scope)
@@ -376,6 +356,9 @@ class ThinkTuningTrainer:
 
     def _reward_and_advantage(self, trajs: list[Trajectory]) -> None:
         rewards = self._rewards(trajs, [s.text for s in trajs])
+        guided = [s for s in trajs if s.guided]  # the teacher's accounting: is a guided rollout right in the end?
+        for s, r in zip(guided, self._rewards(guided, [s.text for s in guided], correctness_only=True), strict=True):
+            s.final_correct = r
         loss = self.cfg.loss
         adv = compute_advantages(torch.tensor(rewards, dtype=torch.float32), self.cfg.rollout.group_size,
                                  loss.advantage, loss.normalize_std)
