@@ -134,3 +134,32 @@ def test_model_folder_without_tokenizer_files_is_model_not_found(tmp_path, smol_
     shutil.copy(Path(smol_resolved.path) / "config.json", folder / "config.json")
     with pytest.raises(ModelNotFoundError, match="'weights-only'"):
         load_tokenizer(ResolvedModel("weights-only", str(folder)))
+
+
+@pytest.mark.parametrize("with_lora", [False, True])
+def test_gradient_checkpointing_leaves_gradients_unchanged(make_model, with_lora):
+    import peft
+    import torch
+
+    from thinktuning.models.load import enable_gradient_checkpointing
+    from thinktuning.train.logprobs import collate, token_logprobs
+
+    def grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = make_model()
+        if with_lora:
+            lora = peft.LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False)
+            model = peft.get_peft_model(model, lora)
+        model.train()
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+            base = model.get_base_model() if with_lora else model
+            assert base.is_gradient_checkpointing  # really on, not a silent no-op
+        batch = collate([[1, 2, 3], [4, 5]], [[6, 7, 8, 9], [10, 11]], pad_id=0)
+        token_logprobs(model, batch).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = grads(False), grads(True)
+    assert plain.keys() == checkpointed.keys() and plain
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name

@@ -24,6 +24,9 @@ class ModelConfig:
     """Stop at start, with a clear message, when no CUDA GPU is visible (set by presets sized for GPUs)."""
     cache_dir: str | None = None
     """Where converted models (e.g. the embedded GGUF) are cached. Default: ~/.cache/thinktuning."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them: activation memory of one
+    layer instead of all, for about one more forward pass of compute (``thinktuning plan`` shows what it saves)."""
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from thinktuning.errors import ModelError, ModelNotFoundError
+from thinktuning.errors import ConfigError, ModelError, ModelNotFoundError
 from thinktuning.models.resolve import EMBEDDED_ALIAS, ResolvedModel, resolve
 from thinktuning.run.checkpoint import checkpoint_read_errors
 
@@ -148,3 +148,11 @@ def load_adapter_model(resolved: ResolvedModel, dtype: str = "float32", trust_re
     base = load_model(base_spec, dtype, trust_remote_code)
     with checkpoint_read_errors(folder):  # a truncated adapter of a run's checkpoint: CheckpointError
         return peft.PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Turn on transformers' gradient checkpointing, non-reentrant: it needs no input that requires grad, so it
+    works with frozen embeddings and LoRA, and it leaves gradients unchanged (tested)."""
+    if not getattr(model, "supports_gradient_checkpointing", True) and not hasattr(model, "get_base_model"):
+        raise ConfigError(f"model.gradient_checkpointing: {type(model).__name__} does not support it; set it to false")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

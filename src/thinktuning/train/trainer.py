@@ -25,7 +25,13 @@ from thinktuning.guidance import rules
 from thinktuning.guidance.guide import Guide, TeacherWatch
 from thinktuning.jsonl import JsonlWriter, truncate_jsonl
 from thinktuning.models import lora
-from thinktuning.models.load import context_limit, encode_user_turns, end_of_turn_id, load_tokenizer
+from thinktuning.models.load import (
+    context_limit,
+    enable_gradient_checkpointing,
+    encode_user_turns,
+    end_of_turn_id,
+    load_tokenizer,
+)
 from thinktuning.models.resolve import resolve
 from thinktuning.objective.advantages import compute_advantages
 from thinktuning.outputs import check_output_dir
@@ -120,6 +126,8 @@ class ThinkTuningTrainer:
         model = lora.load_student(self.student_spec, cfg.lora, self.resume_from, cfg.model.dtype,
                                   cfg.model.trust_remote_code)
         model.train()
+        if cfg.model.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.teacher, self.ref_model, self.frozen_view = build_teacher_and_reference(
             self.cfg, model, self.student_spec, self.tokenizer, self.accelerator.device)
         self.guide = (
