@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from thinktuning.objective.importance import importance_weights, sampler_positions
 from thinktuning.rollout.vllm import checkpoint_weights, to_rollouts
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,26 +32,6 @@ MEAN_TOL, MAX_TOL = 1e-3, 1e-2
 
 
 # ------------------------------------------------------------------------------------ pure helpers
-
-
-def test_importance_weights_hand_checked() -> None:
-    trainer = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, 0.0, 0.0]])
-    sampler = torch.tensor([[-1.5, -1.0, -0.5], [-0.5, 9.0, 9.0]])
-    valid = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    w, abs_sum, count = importance_weights(trainer, sampler, valid, cap=1.5)
-    # exp(0.5) = 1.6487 -> capped at 1.5; exp(-1) = 0.3679; exp(-2.5) = 0.0821; invalid tokens weigh 1
-    assert torch.allclose(w, torch.tensor([[1.5, math.exp(-1.0), 1.0], [math.exp(-2.5), 1.0, 1.0]]))
-    assert abs_sum == pytest.approx(0.5 + 1.0 + 2.5)
-    assert count == 3
-    w_off, abs_off, _ = importance_weights(trainer, sampler, valid, cap=None)  # measured, not applied
-    assert torch.equal(w_off, torch.ones(2, 3)) and abs_off == pytest.approx(4.0)
-
-
-def test_sampler_positions_stop_at_the_first_teacher_token() -> None:
-    assert sampler_positions([5, 6, 7], [0, 0, 0], 3) == 3  # unguided: every token is the sampler's
-    assert sampler_positions([5, 6, 70, 71, 8], [0, 0, 1, 1, 0], 4) == 2  # spliced after 2 kept tokens
-    assert sampler_positions([5, 6], [0, 0], 5) == 2  # response cut shorter than what was sampled
-    assert sampler_positions([5, 6, 7], [0, 0, 0], 0) == 0  # no sampler log-probs (transformers path)
 
 
 def test_to_rollouts_marks_finished_by_end_of_turn() -> None:
