@@ -72,7 +72,7 @@ SETS = [
     "guidance.schedule=constant", "guidance.p_start=0.25", "guidance.cutoff_epsilon=null",
 ]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-NOT_COMPARED = ("time/", "reward/checker_timeouts")  # wall-clock times; a counter of the process, not of the run
+NOT_COMPARED = ("time/", "reward/checker_timeouts", "teacher/cache_")  # wall-clock times; counters of the process
 PROBE = (  # python -c PROBE DUMPFILE train ...: the CLI as `python -m thinktuning.cli`, plus a stack dump on SIGUSR1
     "import faulthandler, runpy, signal, sys\n"
     "dump = open(sys.argv.pop(1), 'w')\n"

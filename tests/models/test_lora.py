@@ -76,9 +76,9 @@ def test_only_adapters_change_and_the_optimizer_holds_only_them(lora_run):
 
 def test_teacher_and_reference_are_the_student_itself(lora_run):
     trainer, model = lora_run["trainer"], lora_run["model"]
-    assert trainer.teacher.model is model and trainer.ref_model is model
+    assert trainer.teacher.inner.model is model and trainer.ref_model is model
     # no second copy anywhere: every tensor the three hold is one of the student's
-    held = _ptrs(model) | _ptrs(trainer.teacher.model) | _ptrs(trainer.ref_model)
+    held = _ptrs(model) | _ptrs(trainer.teacher.inner.model) | _ptrs(trainer.ref_model)
     assert held == _ptrs(model)
     # the teacher ran (guided steps) and left the adapters trainable and the model in training mode
     assert all(p.requires_grad for k, p in model.named_parameters() if "lora_" in k)

@@ -276,7 +276,7 @@ def test_one_training_step_with_the_scripted_teacher(tmp_path, tiny_student):
     cfg = _tiny_cfg(tiny_student, tmp_path / "run", ["teacher.backend=scripted"])
     cfg.max_steps = 1
     trainer = ThinkTuningTrainer(cfg)
-    assert isinstance(trainer.teacher, ScriptedTeacher)
+    assert isinstance(trainer.teacher.inner, ScriptedTeacher)  # behind the recording cache
     (m,) = trainer.train()
     assert m["guidance/guided"] >= 1 and m["guidance/no_feedback"] == 0
     assert m["guidance/reward_guided"] == 1.0

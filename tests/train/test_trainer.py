@@ -143,7 +143,7 @@ def _tiny_cfg(student: str, run, extra=()):
 
 def _comparable(history):
     """Metrics without timings, NaN (a metric not computed that step) made comparable with itself."""
-    drop = ("time/", "reward/checker_timeouts")
+    drop = ("time/", "reward/checker_timeouts", "teacher/cache_")  # the cache counters: per process
     return [{k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in m.items()
              if not k.startswith(drop)} for m in history]
 

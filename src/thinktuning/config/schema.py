@@ -136,6 +136,10 @@ class TeacherConfig:
     """``http``: per-request limit; a request that exceeds it is retried, then counted as no feedback."""
     max_retries: int = 3
     """``http``: retries (exponential backoff) after no connection, a timeout, HTTP 5xx or 429."""
+    cache: str | None = None
+    """Replay teacher answers from another run: its ``teacher_cache.jsonl`` or the run folder holding it. A case the
+    cache holds (same teacher settings, question and student response) is answered without calling the teacher;
+    every run records its own answers in ``RUN/teacher_cache.jsonl`` (a resumed run reuses them)."""
 
 
 @dataclass

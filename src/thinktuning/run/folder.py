@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 TOOL = "thinktuning"
 MARKER = "run.json"
-RUN_FILES = ("config.yaml", MARKER, "metrics.jsonl", "rollouts.jsonl", "report.html", "eval.json",
-             "reflection.json", "eval_results*.json", ".eval_results*.json.tmp-*", ".eval.json.tmp-*")
+RUN_FILES = ("config.yaml", MARKER, "metrics.jsonl", "rollouts.jsonl", "teacher_cache*.jsonl", "report.html",
+             "eval.json", "reflection.json", "eval_results*.json", ".eval_results*.json.tmp-*", ".eval.json.tmp-*")
 """Files a run (training, ``report``, ``eval``) writes at its top level; glob patterns allowed."""
 RUN_FOLDERS = ("checkpoints", "tensorboard", "wandb", "hub-upload")
 """Folders a run writes: its checkpoints and the trackers' local logs."""

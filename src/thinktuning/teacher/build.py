@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from pathlib import Path
 
 from thinktuning.config.schema import ThinkTuningConfig
 from thinktuning.errors import ConfigError
 from thinktuning.models import lora
 from thinktuning.models.load import load_model
 from thinktuning.teacher.base import Teacher
+from thinktuning.teacher.cache import CACHE_NAME, CachedTeacher, identity, resolve_cache
 
 
 def build_teacher(cfg: ThinkTuningConfig, *, tokenizer, frozen_student, device, frozen_context=None) -> Teacher:
@@ -73,7 +75,7 @@ def needs_frozen_student(cfg: ThinkTuningConfig) -> bool:
             and not cfg.lora.enabled)
 
 
-def build_teacher_and_reference(cfg: ThinkTuningConfig, student, student_spec, tokenizer, device):
+def build_teacher_and_reference(cfg: ThinkTuningConfig, student, student_spec, tokenizer, device, rank: int = 0):
     """``(teacher, reference, frozen_view)``: the teacher (a frozen copy of the initial student by default), the
     frozen KL reference only when KL is on (the same frozen copy: loaded once), and the context that runs the frozen
     copy. With LoRA the frozen initial student is ``student`` itself under ``adapters_off``: no second copy."""
@@ -87,4 +89,8 @@ def build_teacher_and_reference(cfg: ThinkTuningConfig, student, student_spec, t
     if cfg.guidance.enabled:
         teacher = build_teacher(cfg, tokenizer=tokenizer, frozen_student=frozen, device=device,
                                 frozen_context=frozen_view if cfg.lora.enabled else None)
+        # every answer recorded in the run folder (one file per process), replayed from teacher.cache when given
+        record = Path(cfg.output_dir) / (CACHE_NAME if rank == 0 else f"teacher_cache.rank{rank}.jsonl")
+        replay = [resolve_cache(cfg.teacher.cache)] if cfg.teacher.cache else []
+        teacher = CachedTeacher(teacher, identity(cfg), record, replay)
     return teacher, (frozen if cfg.loss.kl_coef > 0 else None), frozen_view

@@ -129,7 +129,7 @@ class ThinkTuningTrainer:
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         self.teacher, self.ref_model, self.frozen_view = build_teacher_and_reference(
-            self.cfg, model, self.student_spec, self.tokenizer, self.accelerator.device)
+            self.cfg, model, self.student_spec, self.tokenizer, self.accelerator.device, self.accelerator.process_index)
         self.guide = (
             Guide(cfg.guidance, cfg.teacher, self.teacher, self.tokenizer, self.eos_id, TeacherWatch(logger=log))
             if self.teacher is not None else None
