@@ -243,14 +243,14 @@ def test_partial_results_after_each_benchmark_but_the_last(tiny_student):
 
 def test_prompts_are_encoded_exactly_as_the_trainer_encodes_them(smol_tokenizer):
     """Evaluation must see the training prompt token for token (chat template, assistant header)."""
-    from types import SimpleNamespace
-
     from thinktuning.eval.benchmarks import load_benchmark
-    from thinktuning.train.trainer import ThinkTuningTrainer
+    from thinktuning.models.load import encode_user_turns
+    from thinktuning.train import trainer
 
     texts = [ex.prompt for ex in load_benchmark("arithmetic", limit=4).examples]
     gen = TransformersGenerator(make_tiny_model_for(smol_tokenizer), smol_tokenizer)
-    assert gen.encode(texts) == ThinkTuningTrainer._encode_prompts(SimpleNamespace(tokenizer=smol_tokenizer), texts)
+    assert trainer.encode_user_turns is encode_user_turns  # the trainer encodes its prompts with this function
+    assert gen.encode(texts) == encode_user_turns(smol_tokenizer, texts)
     # and both equal rendering the chat template prompt by prompt (what the shared sentinel shortcut must match)
     rendered = [smol_tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
                                                    add_generation_prompt=True) for t in texts]
