@@ -147,7 +147,7 @@ def main() -> None:
                     diff[name] = agreement(model, prompt, ids, lps, eos)
         for name in engines:
             d = f"{diff[name]:.2e}" if diff[name] is not None else "n/a (no per-token log-probs)"
-            print(f"| {name} | {b} | {statistics.median(rates[name]):.0f} | {a.repeats} | {ntok[name]} | {d} |",
+            print(f"| {name} | {b} | {statistics.median(rates[name]):.3g} | {a.repeats} | {ntok[name]} | {d} |",
                   flush=True)
 
 
