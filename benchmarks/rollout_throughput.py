@@ -53,6 +53,11 @@ def agreement(model, prompt: list[int], rollouts, engine_logps, pad_id: int) -> 
     return diffs / max(count, 1)
 
 
+def _rate(tokens_per_s: float) -> str:
+    """Whole tokens/s, or two decimals below 10 (a heavily shared machine must not print 0)."""
+    return f"{tokens_per_s:.0f}" if tokens_per_s >= 10 else f"{tokens_per_s:.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="8,32")
@@ -147,7 +152,7 @@ def main() -> None:
                     diff[name] = agreement(model, prompt, ids, lps, eos)
         for name in engines:
             d = f"{diff[name]:.2e}" if diff[name] is not None else "n/a (no per-token log-probs)"
-            print(f"| {name} | {b} | {statistics.median(rates[name]):.3g} | {a.repeats} | {ntok[name]} | {d} |",
+            print(f"| {name} | {b} | {_rate(statistics.median(rates[name]))} | {a.repeats} | {ntok[name]} | {d} |",
                   flush=True)
 
 
