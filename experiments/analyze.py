@@ -82,6 +82,13 @@ GREEDY_KEYS = [("paper", "accuracy, paper rule (boxed)"), ("lenient", "accuracy,
                ("second answer right->wrong", "2nd answer broke a right 1st")]
 
 
+def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion ``p`` over ``n`` items (sensible at 0 and 1, unlike p +- 2 se)."""
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
 def fmt(values: list[float]) -> str:
     m, _lo, hi = mean_ci(values)
     if math.isnan(m):
@@ -184,14 +191,16 @@ def plot_accuracy(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, st
         for y, arm in enumerate(arms):
             vals = [p["greedy"][which] for p in by_arm[arm]]
             m, lo, hi = mean_ci(vals)
+            if len(vals) == 1:  # one seed: the items' 95% Wilson interval instead (dashed)
+                lo, hi = wilson(vals[0], len(by_arm[arm][0]["items"]))
             ax.plot(vals, [y] * len(vals), "o", color="#999", ms=4)
             ax.plot([m], [y], "D", color="#1f77b4")
-            if not math.isnan(lo):
-                ax.plot([lo, hi], [y, y], "-", color="#1f77b4")
+            ax.plot([lo, hi], [y, y], "-" if len(vals) > 1 else "--", color="#1f77b4")
         ax.set_yticks(range(len(arms)), [labels[a] for a in arms], fontsize=8)
         ax.set_title(f"held-out accuracy, {title}", fontsize=9)
         ax.set_xlim(-0.02, max(0.3, ax.get_xlim()[1]))
-    fig.suptitle("Greedy accuracy on 300 held-out arithmetic problems (grey: seeds; blue: mean, 95% t-interval)")
+    fig.suptitle("Greedy accuracy on 300 held-out arithmetic problems (grey: seeds; blue: mean and 95% t-interval "
+                 "over seeds; dashed: one seed, 95% Wilson interval over items)", fontsize=10)
     fig.tight_layout()
     path = out / f"accuracy-{rule}.png"
     fig.savefig(path, dpi=110)
