@@ -13,7 +13,8 @@ from pathlib import Path
 from thinktuning.config.schema import ThinkTuningConfig
 from thinktuning.errors import ConfigError
 from thinktuning.models import lora
-from thinktuning.models.load import load_model
+from thinktuning.models.load import load_model, load_tokenizer
+from thinktuning.models.resolve import resolve
 from thinktuning.teacher.base import Teacher
 from thinktuning.teacher.cache import CACHE_NAME, CachedTeacher, identity, resolve_cache
 
@@ -25,8 +26,6 @@ def build_teacher(cfg: ThinkTuningConfig, *, tokenizer, frozen_student, device, 
     context under which it is the initial student (adapters off)."""
     t = cfg.teacher
     if t.backend == "model":
-        from thinktuning.models.load import load_model, load_tokenizer
-        from thinktuning.models.resolve import resolve
         from thinktuning.teacher.model import ModelTeacher
 
         if t.model == "student-init":
@@ -46,9 +45,6 @@ def build_teacher(cfg: ThinkTuningConfig, *, tokenizer, frozen_student, device, 
 
         t_tok = None
         if t.api == "completions":  # we render the chat template: the served model's tokenizer (student's by default)
-            from thinktuning.models.load import load_tokenizer
-            from thinktuning.models.resolve import resolve
-
             t_tok = tokenizer if t.model == "student-init" else load_tokenizer(
                 resolve(t.model, cfg.model.cache_dir), cfg.model.trust_remote_code)
         try:
