@@ -364,9 +364,13 @@ class ThinkTuningTrainer:
 
     def _reward_and_advantage(self, trajs: list[Trajectory]) -> None:
         rewards = self._rewards(trajs, [s.text for s in trajs])
-        guided = [s for s in trajs if s.guided]  # the teacher's accounting: is a guided rollout right in the end?
-        for s, r in zip(guided, self._rewards(guided, [s.text for s in guided], correctness_only=True), strict=True):
-            s.final_correct = r
+        # the teacher's accounting: is a guided rollout right in the end? With correctness the only reward function
+        # that is its reward; otherwise the correctness check alone runs again on the (few) guided rollouts
+        guided = [i for i, s in enumerate(trajs) if s.guided]
+        finals = ([rewards[i] for i in guided] if len(self.reward_funcs) == 1 else
+                  self._rewards([trajs[i] for i in guided], [trajs[i].text for i in guided], correctness_only=True))
+        for i, r in zip(guided, finals, strict=True):
+            trajs[i].final_correct = r
         loss = self.cfg.loss
         adv = compute_advantages(torch.tensor(rewards, dtype=torch.float32), self.cfg.rollout.group_size,
                                  loss.advantage, loss.normalize_std)
