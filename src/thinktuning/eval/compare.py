@@ -168,11 +168,11 @@ def _grouped_table(labelled: list[tuple[str, dict[str, Any]]]) -> str:
     for lab in labels[1:]:
         head += [f"{lab} (n={len(groups[lab])})", f"Δ {lab} [95% CI]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    by_label_rows = {lab: _rows(groups[lab]) for lab in labels}
+    by_label_rows = {lab: dict(_rows(groups[lab])) for lab in labels}
     names = [n for n, _ in _rows([r for lab in labels for r in groups[lab]])]
     caveats = []
     for name in names:
-        vals = {lab: dict(by_label_rows[lab]).get(name, []) for lab in labels}
+        vals = {lab: by_label_rows[lab].get(name, []) for lab in labels}
         cells = [name, _cell(vals[first])]
         for lab in labels[1:]:
             cells.append(_cell(vals[lab]))
