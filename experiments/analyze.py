@@ -138,6 +138,12 @@ def curves(rollouts: list[dict]) -> dict[str, list[float]]:
     return out
 
 
+def moving_average(values: list[float], window: int = 5) -> list[float]:
+    """Mean of each value and the ``window - 1`` before it (fewer at the start)."""
+    return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
+            for i in range(len(values))]
+
+
 def plot_curves(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str], out: Path) -> Path | None:
     import matplotlib
 
@@ -155,14 +161,9 @@ def plot_curves(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str]
         for ax, key, title in zip(axes, ("reward", "boxed", "reflect", "loop"),
                                   ("own rollouts: correct (training rule)", "own rollouts: boxed rate",
                                    "own rollouts: reflection cue", "own rollouts: answer loop"), strict=True):
-            ys = [[c[key][i] for c in cs] for i in range(n)]
-            win = 5  # a 5-step moving average: 16 rollouts a step are noisy
-            mean = [sum(sum(y) / len(y) for y in ys[max(0, i - win + 1): i + 1]) / len(ys[max(0, i - win + 1): i + 1])
-                    for i in range(n)]
-            lo = [min(sum(y[j] for y in ys[max(0, i - win + 1): i + 1]) / len(ys[max(0, i - win + 1): i + 1])
-                      for j in range(len(cs))) for i in range(n)]
-            hi = [max(sum(y[j] for y in ys[max(0, i - win + 1): i + 1]) / len(ys[max(0, i - win + 1): i + 1])
-                      for j in range(len(cs))) for i in range(n)]
+            smooth = [moving_average(c[key][:n]) for c in cs]  # per seed: 16 rollouts a step are noisy
+            mean = [sum(col) / len(col) for col in zip(*smooth, strict=True)]
+            lo, hi = [min(col) for col in zip(*smooth, strict=True)], [max(col) for col in zip(*smooth, strict=True)]
             line, = ax.plot(steps, mean, label=f"{labels[arm]} (n={len(cs)})")
             if len(cs) > 1:
                 ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
