@@ -42,8 +42,13 @@ def list_checkpoints(run: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def complete_checkpoints(run: Path) -> list[Path]:
+    """The run's checkpoints that finished writing (``trainer_state.json`` is written last), oldest first."""
+    return [p for p in list_checkpoints(run) if (p / "trainer_state.json").is_file()]
+
+
 def latest_checkpoint(run: Path) -> Path | None:
-    found = [p for p in list_checkpoints(run) if (p / "trainer_state.json").is_file()]
+    found = complete_checkpoints(run)
     return found[-1] if found else None
 
 
@@ -59,8 +64,7 @@ def previous_checkpoint(path: str | Path) -> Path | None:
     if run is None:
         return None
     step = int(_NAME.match(Path(path).name).group(1))
-    older = [p for p in list_checkpoints(run)
-             if int(_NAME.match(p.name).group(1)) < step and (p / "trainer_state.json").is_file()]
+    older = [p for p in complete_checkpoints(run) if int(_NAME.match(p.name).group(1)) < step]
     return older[-1] if older else None
 
 
@@ -168,8 +172,7 @@ def save_checkpoint(
                 "space (or lower keep_last), then rerun with --resume"
             ) from err
         raise CheckpointError(f"could not write checkpoint step {step} in {root}: {err}; {kept}") from err
-    complete = [p for p in list_checkpoints(run) if (p / "trainer_state.json").is_file()]
-    for old in complete[:-keep_last]:
+    for old in complete_checkpoints(run)[:-keep_last]:
         if old != final:
             # renamed first, so a crash mid-delete leaves a .tmp-* folder, never a half-deleted step-N
             doomed = root / f".tmp-delete-{old.name}"

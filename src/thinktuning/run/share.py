@@ -24,6 +24,7 @@ from thinktuning.errors import CheckpointError, ConfigError, OutputPathError, Pu
 from thinktuning.jsonl import read_jsonl
 from thinktuning.outputs import check_output_dir
 from thinktuning.run import card
+from thinktuning.run.checkpoint import check_weights, complete_checkpoints
 from thinktuning.run.folder import is_run_folder, protected_reason, read_marker
 
 DEFAULT_OUT = "hub-upload"
@@ -68,9 +69,7 @@ def parse_step(name: str) -> int:
 
 def pick_checkpoint(run: Path, name: str | None) -> Path:
     """The named checkpoint, or the last complete one; only complete ones (with trainer_state.json) qualify."""
-    from thinktuning.run.checkpoint import list_checkpoints
-
-    complete = [p for p in list_checkpoints(run) if (p / "trainer_state.json").is_file()]
+    complete = complete_checkpoints(run)
     if not complete:
         raise CheckpointError(f"run {run} has no complete checkpoint (checkpoints/step-N with trainer_state.json); "
                               "train until one is saved (save_every, or the end of the run), then push")
@@ -86,8 +85,6 @@ def pick_checkpoint(run: Path, name: str | None) -> Path:
 
 def model_files(ckpt: Path) -> list[Path]:
     """The checkpoint's model and tokenizer files (full weights or a LoRA adapter), without training state."""
-    from thinktuning.run.checkpoint import check_weights
-
     files = sorted(p for p in ckpt.iterdir() if p.is_file() and not p.name.startswith(".")
                    and p.name not in TRAINING_STATE | OWN_FILES and not p.name.endswith(_STATE_SUFFIXES))
     if not any(p.suffix == ".safetensors" for p in files):
