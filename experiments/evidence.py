@@ -147,7 +147,8 @@ def eval_command(piece: Piece, model: str, which: str, output: Path, max_new_tok
     limit = (limits or {}).get(which, limit)
     cmd = [sys.executable, "-m", "thinktuning.cli", "eval", "--model", model, "--benchmarks", "arithmetic",
            "--levels", "1,2,3", "--limit", str(limit), "--samples", str(samples), "--max-new-tokens",
-           str(max_new_tokens), "--answer-fallback", RULES[piece.rule], "--seed", "0", "--output", str(output)]
+           str(max_new_tokens), "--answer-fallback", RULES[piece.rule], "--seed", "0", "--output", str(output),
+           "--dtype", "float32"]  # pinned: eval's default precision follows the machine (models/precision.py)
     if samples > 1:
         cmd += ["--temperature", "1.0", "--top-p", "1.0"]
     return cmd

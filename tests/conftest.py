@@ -43,6 +43,20 @@ def _one_torch_thread_for_tiny_models(request):
         torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _precision_auto_as_without_bf16(request, monkeypatch):
+    """In-process tests give the same numbers on every CPU: ``model.dtype=auto`` resolves as on a CPU without bf16
+    arithmetic (float32), whatever this one has. Tests of the bf16 path set ``bfloat16`` explicitly; tests of the
+    rule itself (``tests/models/test_precision.py``) mark themselves ``real_precision`` to see the real query."""
+    if request.node.get_closest_marker("real_precision"):
+        yield
+        return
+    from thinktuning.models import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (False, "tests: bf16 treated as absent"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """Shared read-only tiny model: tests that train must build their own with ``make_tiny_model``."""

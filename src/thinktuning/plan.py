@@ -41,22 +41,30 @@ def parse_count(text: str) -> int:
     return round(value)
 
 
-def optimizer_bytes_per_param(dtype_bytes: int) -> int:
-    """AdamW in mixed precision: two fp32 moments (4 + 4), plus an fp32 master copy (4) unless the weights are
-    fp32 already (then they are the master)."""
-    return 4 + 4 + (4 if dtype_bytes < 4 else 0)
+def compute_dtype(cfg: ThinkTuningConfig) -> str:
+    """The precision a GPU run computes in: ``auto`` plans as bfloat16 (what it picks on a GPU with bf16)."""
+    return "bfloat16" if cfg.model.dtype == "auto" else cfg.model.dtype
+
+
+def optimizer_bytes_per_param() -> int:
+    """AdamW's two fp32 moments. The trained weights are float32 whatever the compute precision, so they are their
+    own master copy (models/precision.py)."""
+    return 4 + 4
 
 
 def model_state_bytes(params: int, trainable: int, dtype_bytes: int, strategy: str, gpus: int,
                       lora: bool) -> tuple[float, float, float]:
-    """(weights, gradients, optimizer) bytes per GPU. Full fine-tuning: every parameter is trainable, in the
-    weights' dtype. LoRA: the frozen base has no gradient or optimizer state; ``trainable`` adapters are fp32."""
+    """(weights, gradients, optimizer) bytes per GPU; ``dtype_bytes`` is the compute precision's. Full fine-tuning:
+    float32 weights and gradients, plus (below float32) autocast's cached low-precision copy of the weights during
+    the forward and backward. LoRA: the frozen base is held in the compute dtype and has no gradient or optimizer
+    state; the ``trainable`` adapters are fp32."""
     if lora:
         w_a, g_a, o_a = LORA_BYTES
         weights, grads, optim = params * dtype_bytes + trainable * w_a, trainable * g_a, trainable * o_a
     else:
-        weights, grads = params * dtype_bytes, params * dtype_bytes
-        optim = params * optimizer_bytes_per_param(dtype_bytes)
+        cast_cache = dtype_bytes if dtype_bytes < 4 else 0
+        weights, grads = params * (4 + cast_cache), params * 4
+        optim = params * optimizer_bytes_per_param()
     if strategy == "DDP":
         return float(weights), float(grads), float(optim)
     if strategy == "ZeRO-2":
@@ -184,7 +192,7 @@ def plan_inputs(cfg: ThinkTuningConfig, gpus: int, gpu_memory_gb: float, params:
     shape = student.shape
     return Inputs(
         cfg=cfg, gpus=gpus, memory=gpu_memory_gb * GB, student=student, teacher=teacher,
-        dtype_bytes=DTYPE_BYTES[cfg.model.dtype],
+        dtype_bytes=DTYPE_BYTES[compute_dtype(cfg)],
         lora_trainable=lora_parameters(shape, cfg.lora.r, cfg.lora.target_modules) if shape else None,
         micro_rows=rows_per_gpu(o.micro_batch_size, r.group_size, o.mini_batch_prompts or r.prompts_per_step, gpus),
         sample_rows=rows_per_gpu(r.batch_size, r.group_size, r.prompts_per_step, gpus),
@@ -198,7 +206,7 @@ def vllm_share(inp: Inputs) -> float:
     if r.backend != "vllm" or r.vllm_mode != "colocate":
         return 0.0
     if r.vllm_kv_cache_gb is not None:
-        dtype = inp.cfg.model.dtype if r.vllm_dtype == "auto" else r.vllm_dtype
+        dtype = compute_dtype(inp.cfg) if r.vllm_dtype == "auto" else r.vllm_dtype
         return inp.student.parameters * DTYPE_BYTES[dtype] + r.vllm_kv_cache_gb * 2**30
     return r.vllm_gpu_memory_utilization * inp.memory
 
@@ -282,14 +290,14 @@ def arithmetic_lines(inp: Inputs) -> list[str]:
     seq = r.max_prompt_length + r.max_new_tokens
     name = cfg.preset or "config"
     lines = [f"# Memory plan: {name} on {inp.gpus} x {inp.memory / GB:g} GB", "",
-             f"- student {inp.student.spec}: {_n(p)} parameters ({inp.student.source}); {cfg.model.dtype}, "
-             f"{b} bytes each"]
+             f"- student {inp.student.spec}: {_n(p)} parameters ({inp.student.source}); computes in "
+             f"{compute_dtype(cfg)} ({b} bytes{', model.dtype=auto on a GPU with bf16' if cfg.model.dtype == 'auto' else ''})"]
     if s is not None:
         lines.append(f"- shape: h={s.hidden}, {s.layers} layers, {s.heads} query / {s.kv_heads} KV heads x "
                      f"{s.head_dim} (kv={s.kv_dim}), MLP I={s.intermediate}, vocab V={_n(s.vocab)}")
-    master = " + fp32 master 4" if b < 4 else ""
-    lines.append(f"- full fine-tuning, bytes per parameter: weights {b} + gradients {b} + AdamW "
-                 f"{optimizer_bytes_per_param(b)} (2 fp32 moments 4 + 4{master})")
+    cast = f" + autocast's {b}-byte copy" if b < 4 else ""
+    lines.append(f"- full fine-tuning, bytes per parameter: fp32 weights 4{cast} + fp32 gradients 4 + AdamW "
+                 f"{optimizer_bytes_per_param()} (2 fp32 moments 4 + 4)")
     if inp.lora_trainable is not None:
         lines.append(f"- LoRA r={cfg.lora.r} on {','.join(cfg.lora.target_modules)}: {_n(inp.lora_trainable)} "
                      f"trainable = r x (in + out) per adapted matrix x {s.layers} layers, fp32 (weights 4 + "
@@ -348,10 +356,6 @@ def footnotes(inp: Inputs) -> list[str]:
         "copy unless gradient_as_bucket_view), the layers FSDP / ZeRO-3 gathers at a time, LoRA's r-wide "
         "activations.",
     ]
-    if inp.dtype_bytes < 4:
-        notes.append(f"The optimizer column is mixed precision's 12 bytes/parameter; the trainer today steps torch "
-                     f"AdamW on the {inp.cfg.model.dtype} weights directly (no fp32 master, moments in "
-                     f"{inp.cfg.model.dtype}: 4 bytes/parameter).")
     if inp.student.shape is None:
         notes.append("?: unknown without the model's shape (activations, KV cache, LoRA): set model.student to a "
                      "folder holding its config.json; 'yes?' fits without them.")

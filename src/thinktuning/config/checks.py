@@ -22,6 +22,9 @@ SCRIPTED_DATASETS = ("arithmetic", "gsm8k")
 def validate(cfg: ThinkTuningConfig) -> None:
     """Range checks that types cannot express. Each message names the field and what is allowed."""
     checks: list[tuple[bool, str]] = [
+        (cfg.model.dtype != "float16",
+         "model.dtype=float16 is not supported for training (float16 needs loss scaling, which the trainer does not "
+         "do); use auto or bfloat16, or float32 on a GPU without bf16. thinktuning eval --dtype float16 works"),
         (cfg.rollout.group_size >= 2, "rollout.group_size must be >= 2 (GRPO compares rollouts within a group)"),
         (cfg.rollout.prompts_per_step >= 1, "rollout.prompts_per_step must be >= 1"),
         (cfg.rollout.max_new_tokens >= 1, "rollout.max_new_tokens must be >= 1"),

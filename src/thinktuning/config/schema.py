@@ -16,8 +16,11 @@ from typing import Any, Literal
 class ModelConfig:
     student: str = "smollm2-135m-instruct"
     """Student model: hub id, local folder, ``.gguf`` file, or the alias ``smollm2-135m-instruct``."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Dtype of the trained weights. float32 on CPU; bfloat16 on GPUs."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Compute precision. ``auto``: bfloat16 where the device does it fast (a CUDA GPU with bf16, a CPU with
+    AVX512-BF16 or AMX), float32 elsewhere; ``run.json`` records the choice and why. Trained weights and optimizer
+    states stay float32 either way: the update runs under autocast, rollouts sample from a copy in this dtype, and
+    the frozen teacher and KL reference are loaded in it (docs/precision.md)."""
     trust_remote_code: bool = False
     """Run model code shipped with a hub repo. Off: model files are untrusted input."""
     require_gpu: bool = False
@@ -86,8 +89,9 @@ class RolloutConfig:
     vllm_sleep: bool = False
     """Colocate on GPU: put vLLM to sleep (free its weights and KV cache) while the trainer updates. CPU: ignored."""
     vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """vLLM's weight dtype. ``auto``: the trainer's (``model.dtype``; vLLM's own "auto" would turn a float32
-    checkpoint into bfloat16 on CPU, ~5e-2 mean log-prob mismatch). Pushed weights are cast to it."""
+    """vLLM's weight dtype. ``auto``: the run's compute precision (``model.dtype``, resolved: bfloat16 on a CPU
+    with AVX512-BF16 or AMX, float32 on one without; not vLLM's own "auto", which is bfloat16 on every CPU). Pushed
+    weights are cast to it; the update corrects for the difference (``rollout/logprob_abs_diff``)."""
     vllm_server_url: str = "http://localhost:8000"
     vllm_server_timeout_s: float = 240.0
     """How long to wait for the server to answer its health check at start."""

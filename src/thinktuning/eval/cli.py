@@ -47,7 +47,9 @@ def add_parsers(sub) -> None:
                     help="--backend openai: environment variable holding the API key (sent as a Bearer header)")
     ev.add_argument("--concurrency", type=int, default=d.concurrency, help="--backend openai: requests in flight")
     ev.add_argument("--timeout", type=float, default=d.timeout_s, help="--backend openai: seconds per request")
-    ev.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=d.dtype)
+    ev.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                    help="--backend transformers: the weights' precision; auto: bfloat16 where the device computes it "
+                         "fast, else float32 (the dtype chosen is recorded in the results)")
     ev.add_argument("--seed", type=int, default=d.seed, help="sampling, GPQA choice order, arithmetic problems")
     ev.add_argument("--output", default=None, metavar="FILE.json",
                     help=f"results file (default: RUN_DIR/{RESULTS_NAME} for a run folder, else ./{RESULTS_NAME})")
@@ -68,10 +70,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--levels expects numbers separated by commas (e.g. 1,2), got {args.levels!r}") from None
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    dtype = args.dtype
+    if dtype == "auto":
+        import torch
+
+        from thinktuning.models.precision import choose_precision
+
+        dtype = choose_precision("auto", "cuda" if torch.cuda.is_available() else "cpu").dtype
     settings = EvalSettings(samples=args.samples, temperature=args.temperature, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens, seed=args.seed, answer_fallback=args.answer_fallback,
                             limit=args.limit, levels=levels, backend=args.backend, batch_size=args.batch_size,
-                            dtype=args.dtype, base_url=args.base_url, server_model=args.server_model,
+                            dtype=dtype, base_url=args.base_url, server_model=args.server_model,
                             api_key_env=args.api_key_env, concurrency=args.concurrency, timeout_s=args.timeout)
     req = EvalRequest(model=args.model, benchmarks=parse_benchmarks(args.benchmarks), settings=settings,
                       data_dir=args.data_dir, output=args.output)

@@ -8,17 +8,12 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 from thinktuning.errors import ConfigError, ModelError, ModelNotFoundError
+from thinktuning.models.precision import DTYPES
 from thinktuning.models.resolve import EMBEDDED_ALIAS, ResolvedModel, resolve
 from thinktuning.run.checkpoint import checkpoint_read_errors
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 
 
 def load_tokenizer(resolved: ResolvedModel, trust_remote_code: bool = False):
@@ -48,8 +43,6 @@ def load_model(resolved: ResolvedModel, dtype: str = "float32", trust_remote_cod
     for inference (training resumes through :func:`thinktuning.models.lora.load_student`, which keeps the adapter
     apart)."""
     from transformers import AutoModelForCausalLM
-
-    from thinktuning.models.load import is_adapter_dir, load_adapter_model
 
     if resolved.kind == "folder" and is_adapter_dir(resolved.path):
         return load_adapter_model(resolved, dtype, trust_remote_code)

@@ -8,6 +8,7 @@ position ids so padding does not shift positions, a KV cache, stop at end-of-tur
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -118,20 +119,31 @@ def _sample_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature, t
 
 class TransformersEngine:
     """The :class:`~thinktuning.rollout.engine.RolloutEngine` over the training model itself: it samples from the
-    live weights, so ``push_weights`` has nothing to do and its log-probs are the trainer's own."""
+    live weights, so ``push_weights`` has nothing to do.
 
-    exact_logprobs = True
+    With a lower ``compute_dtype`` than float32 it samples under autocast, as the update computes: the float32
+    weights are cast once per call (autocast caches the casts of trainable weights for the whole context), not once
+    per token. Its log-probs are then not the update's own to float precision (the cached decode and the full
+    forward round differently in bf16), so ``exact_logprobs`` is False and the update applies the truncated
+    importance correction and logs the mismatch, as it does for vLLM."""
 
-    def __init__(self, model_fn: Callable[[], torch.nn.Module], cfg: RolloutConfig, eos_id: int, pad_id: int) -> None:
+    def __init__(self, model_fn: Callable[[], torch.nn.Module], cfg: RolloutConfig, eos_id: int, pad_id: int,
+                 compute_dtype: torch.dtype = torch.float32) -> None:
         self.model_fn, self.cfg, self.eos_id, self.pad_id = model_fn, cfg, eos_id, pad_id
+        self.compute_dtype = compute_dtype
+        self.exact_logprobs = compute_dtype == torch.float32
 
     def sample(self, prompts: Sequence[Sequence[int]], seed: int) -> list[Rollout]:
         r = self.cfg
-        return sample(
-            self.model_fn(), prompts, max_new_tokens=r.max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
-            temperature=r.temperature, top_p=r.top_p, generator=torch.Generator().manual_seed(seed),
-            batch_size=r.batch_size,
-        )
+        model = self.model_fn()
+        device_type = next(model.parameters()).device.type
+        lower = contextlib.nullcontext() if self.exact_logprobs else torch.autocast(device_type, self.compute_dtype)
+        with lower:
+            return sample(
+                model, prompts, max_new_tokens=r.max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
+                temperature=r.temperature, top_p=r.top_p, generator=torch.Generator().manual_seed(seed),
+                batch_size=r.batch_size,
+            )
 
     def push_weights(self, model: torch.nn.Module) -> None:
         del model  # the live model is sampled directly

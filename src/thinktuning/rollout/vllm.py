@@ -94,7 +94,7 @@ class VLLMRollout:
     exact_logprobs = False  # its kernels (and often its precision) differ from the trainer's forward
 
     def __init__(self, cfg: RolloutConfig, model: ModelConfig, seed: int, model_path: str, eos_id: int, *,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, compute_dtype: str = "float32"):
         self.cfg, self.eos_id = cfg, eos_id
         r = cfg
         self.mode = r.vllm_mode
@@ -109,7 +109,7 @@ class VLLMRollout:
         if self.mode == "colocate":
             kwargs: dict[str, Any] = dict(
                 model=model_path, tokenizer=model_path, seed=seed,
-                dtype=model.dtype if r.vllm_dtype == "auto" else r.vllm_dtype,  # vLLM's own auto: bf16 on CPU
+                dtype=compute_dtype if r.vllm_dtype == "auto" else r.vllm_dtype,  # not vLLM's own auto
                 max_model_len=r.max_prompt_length + r.max_new_tokens, enforce_eager=self.device.type != "cuda",
                 logprobs_mode="processed_logprobs",  # after temperature, like the trainer's token_logprobs
                 trust_remote_code=model.trust_remote_code, enable_prefix_caching=True,
@@ -223,9 +223,11 @@ class VLLMRollout:
 
 
 def build(cfg: ThinkTuningConfig, model_path: str, model: torch.nn.Module, eos_id: int,
-          device: torch.device | None = None) -> VLLMRollout:
+          device: torch.device | None = None, compute_dtype: str = "float32") -> VLLMRollout:
     """Start the engine from ``model_path`` (a HF folder or hub id) and push ``model``'s weights, so a resumed run,
-    a LoRA student or any dtype difference starts sampling from exactly the trainer's weights."""
-    engine = VLLMRollout(cfg.rollout, cfg.model, cfg.seed, model_path, eos_id, device=device)
+    a LoRA student or any dtype difference starts sampling from exactly the trainer's weights. ``compute_dtype``:
+    the run's precision (``model.dtype`` resolved), which ``rollout.vllm_dtype=auto`` follows."""
+    engine = VLLMRollout(cfg.rollout, cfg.model, cfg.seed, model_path, eos_id, device=device,
+                         compute_dtype=compute_dtype)
     engine.push_weights(model)
     return engine

@@ -61,13 +61,16 @@ class Progress:
 
     # ------------------------------------------------------------------------------------------- API
 
-    def start(self, first_step: int, where: str = "") -> None:
-        """``first_step``: steps already done (0, or the resumed checkpoint's step)."""
+    def start(self, first_step: int, where: str = "", details: tuple[str, ...] = ()) -> None:
+        """``first_step``: steps already done (0, or the resumed checkpoint's step); ``details``: lines printed under
+        the first (e.g. the precision chosen and why)."""
         self.started = self.clock()
         self.first_step = first_step
         resumed = f" (resuming after step {first_step})" if first_step else ""
         self._println(f"training steps {first_step + 1}..{self.total} of {self.total}{resumed}"
                       + (f" -> {where}" if where else ""))
+        for line in details:
+            self._println(f"  {line}")
 
     def eta(self) -> float | None:
         """Seconds left, from the mean time of the steps run so far in this process."""

@@ -19,11 +19,13 @@ from thinktuning.teacher.base import Teacher
 from thinktuning.teacher.cache import CACHE_NAME, CachedTeacher, identity, resolve_cache
 
 
-def build_teacher(cfg: ThinkTuningConfig, *, tokenizer, frozen_student, device, frozen_context=None) -> Teacher:
+def build_teacher(cfg: ThinkTuningConfig, *, tokenizer, frozen_student, device, frozen_context=None,
+                  dtype: str = "float32") -> Teacher:
     """The run's teacher. ``frozen_student`` is the frozen initial student (loaded by the trainer when
     ``teacher.model`` is ``student-init``), ``tokenizer`` the student's (the spliced feedback is re-tokenized
     with it either way). With LoRA, ``frozen_student`` is the trained model itself and ``frozen_context`` the
-    context under which it is the initial student (adapters off)."""
+    context under which it is the initial student (adapters off). ``dtype``: the run's compute precision (the
+    teacher is frozen, so its weights are simply held in it)."""
     t = cfg.teacher
     if t.backend == "model":
         from thinktuning.teacher.model import ModelTeacher
@@ -33,7 +35,7 @@ def build_teacher(cfg: ThinkTuningConfig, *, tokenizer, frozen_student, device, 
         else:
             spec = resolve(t.model, cfg.model.cache_dir)
             t_tok = load_tokenizer(spec, cfg.model.trust_remote_code)
-            t_model = load_model(spec, cfg.model.dtype, cfg.model.trust_remote_code).to(device)
+            t_model = load_model(spec, dtype, cfg.model.trust_remote_code).to(device)
         return ModelTeacher(
             t_model, t_tok, max_reason_tokens=t.max_reason_tokens, max_phrase_tokens=t.max_phrase_tokens,
             repetition_penalty=t.repetition_penalty, close_with_answer=t.close_with_answer, batch_size=t.batch_size,
@@ -71,20 +73,22 @@ def needs_frozen_student(cfg: ThinkTuningConfig) -> bool:
             and not cfg.lora.enabled)
 
 
-def build_teacher_and_reference(cfg: ThinkTuningConfig, student, student_spec, tokenizer, device, rank: int = 0):
+def build_teacher_and_reference(cfg: ThinkTuningConfig, student, student_spec, tokenizer, device, rank: int = 0,
+                                dtype: str = "float32"):
     """``(teacher, reference, frozen_view)``: the teacher (a frozen copy of the initial student by default), the
     frozen KL reference only when KL is on (the same frozen copy: loaded once), and the context that runs the frozen
-    copy. With LoRA the frozen initial student is ``student`` itself under ``adapters_off``: no second copy."""
+    copy. With LoRA the frozen initial student is ``student`` itself under ``adapters_off``: no second copy. The
+    frozen copy is held in ``dtype``, the run's compute precision."""
     frozen, frozen_view = None, contextlib.nullcontext
     if cfg.lora.enabled:
         frozen, frozen_view = student, functools.partial(lora.adapters_off, student)
     elif needs_frozen_student(cfg) or cfg.loss.kl_coef > 0:
-        frozen = load_model(student_spec, cfg.model.dtype, cfg.model.trust_remote_code)
+        frozen = load_model(student_spec, dtype, cfg.model.trust_remote_code)
         frozen.requires_grad_(False).eval().to(device)
     teacher = None
     if cfg.guidance.enabled:
         teacher = build_teacher(cfg, tokenizer=tokenizer, frozen_student=frozen, device=device,
-                                frozen_context=frozen_view if cfg.lora.enabled else None)
+                                frozen_context=frozen_view if cfg.lora.enabled else None, dtype=dtype)
         # every answer recorded in the run folder (one file per process), replayed from teacher.cache when given
         record = Path(cfg.output_dir) / (CACHE_NAME if rank == 0 else f"teacher_cache.rank{rank}.jsonl")
         replay = [resolve_cache(cfg.teacher.cache)] if cfg.teacher.cache else []

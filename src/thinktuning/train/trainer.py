@@ -32,6 +32,7 @@ from thinktuning.models.load import (
     end_of_turn_id,
     load_tokenizer,
 )
+from thinktuning.models.precision import choose_precision
 from thinktuning.models.resolve import resolve
 from thinktuning.objective.advantages import compute_advantages
 from thinktuning.outputs import check_output_dir
@@ -89,6 +90,7 @@ class ThinkTuningTrainer:
                 "(see configs/accelerate/), or start from cpu-demo on this machine"
             )
         self.accelerator = Accelerator()
+        self.precision = choose_precision(cfg.model.dtype, self.accelerator.device)
         self.is_main = self.accelerator.is_main_process
         distributed.check_world(cfg.rollout.prompts_per_step, cfg.optim.mini_batch_prompts,
                                 self.accelerator.num_processes)
@@ -123,13 +125,17 @@ class ThinkTuningTrainer:
     def _build_models(self):
         """The student (with LoRA adapters if asked), the teacher and the guide, and the optional KL reference."""
         cfg = self.cfg
-        model = lora.load_student(self.student_spec, cfg.lora, self.resume_from, cfg.model.dtype,
+        # trained weights stay float32 (autocast computes in the precision chosen); a LoRA base is frozen, so it is
+        # held in the compute dtype and only its float32 adapters train
+        weights = self.precision.dtype if cfg.lora.enabled else "float32"
+        model = lora.load_student(self.student_spec, cfg.lora, self.resume_from, weights,
                                   cfg.model.trust_remote_code)
         model.train()
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         self.teacher, self.ref_model, self.frozen_view = build_teacher_and_reference(
-            self.cfg, model, self.student_spec, self.tokenizer, self.accelerator.device, self.accelerator.process_index)
+            self.cfg, model, self.student_spec, self.tokenizer, self.accelerator.device, self.accelerator.process_index,
+            dtype=self.precision.dtype)
         self.guide = (
             Guide(cfg.guidance, cfg.teacher, self.teacher, self.tokenizer, self.eos_id, TeacherWatch(logger=log))
             if self.teacher is not None else None
@@ -149,19 +155,20 @@ class ThinkTuningTrainer:
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.update = Update(self.accelerator, self.model, self.optimizer, self.scheduler, optim=o,
                              loss=self.cfg.loss, rollout=self.cfg.rollout, pad_id=self.pad_id,
-                             ref_model=self.ref_model, frozen_view=self.frozen_view)
+                             ref_model=self.ref_model, frozen_view=self.frozen_view,
+                             compute_dtype=self.precision.torch_dtype)
 
     def _build_engines(self) -> None:
         """The rollout engine (transformers or vLLM), and the transformers sampler that continues guided rollouts."""
         cfg = self.cfg
-        own = TransformersEngine(self._student, cfg.rollout, self.eos_id, self.pad_id)
+        own = TransformersEngine(self._student, cfg.rollout, self.eos_id, self.pad_id, self.precision.torch_dtype)
         self.continuation = own
         self.engine: RolloutEngine = own
         if cfg.rollout.backend == "vllm":
             from thinktuning.rollout import vllm  # optional, heavy: only imported when chosen
 
             self.engine = vllm.build(cfg, self.student_spec.path, self._student(), self.eos_id,
-                                     self.accelerator.device)
+                                     self.accelerator.device, self.precision.dtype)
 
     def _build_rewards(self) -> None:
         r = self.cfg.reward
@@ -195,6 +202,7 @@ class ThinkTuningTrainer:
                          "model": None if cfg.teacher.backend == "scripted" else cfg.teacher.model}
                         if cfg.guidance.enabled else None),
             "resumed_from": str(self.resume_from) if self.resume_from else None,
+            "precision": self.precision.as_dict(),
         })
         self.metrics_out = JsonlWriter(self.run_dir / "metrics.jsonl")
         self.rollouts_out = JsonlWriter(self.run_dir / "rollouts.jsonl")
@@ -260,7 +268,9 @@ class ThinkTuningTrainer:
         history: list[dict[str, Any]] = []
         progress = Progress(self.total_steps, quiet=self.cfg.quiet)
         if self.is_main:
-            progress.start(self.start_step, str(self.run_dir))
+            pr = self.precision
+            progress.start(self.start_step, str(self.run_dir),
+                           (f"precision: {pr.dtype} ({'auto: ' if pr.requested == 'auto' else ''}{pr.reason})",))
         for step in range(self.start_step, self.total_steps):
             metrics = self.step(step)
             history.append(metrics)

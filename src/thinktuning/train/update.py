@@ -32,11 +32,20 @@ class Update:
 
     def __init__(self, accelerator, model, optimizer, scheduler, *, optim: OptimConfig, loss: LossConfig,
                  rollout: RolloutConfig, pad_id: int, ref_model=None,
-                 frozen_view: Callable[[], Any] = contextlib.nullcontext) -> None:
+                 frozen_view: Callable[[], Any] = contextlib.nullcontext,
+                 compute_dtype: torch.dtype = torch.float32) -> None:
         self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.optim, self.loss, self.rollout = optim, loss, rollout
         self.pad_id, self.ref_model, self.frozen_view = pad_id, ref_model, frozen_view
+        self.compute_dtype = compute_dtype
         self._is_sums: dict[str, float] = {}
+
+    def _forward_precision(self):
+        """The student's forward passes run under autocast below float32 (its weights and gradients stay float32,
+        the AdamW master copy); the backward is outside it, as autocast asks."""
+        if self.compute_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.accelerator.device.type, dtype=self.compute_dtype)
 
     def __call__(self, trajs: list[Trajectory]) -> dict[str, float]:
         cfg_o, cfg_l = self.optim, self.loss
@@ -143,7 +152,8 @@ class Update:
         out: list[torch.Tensor | None] = [None] * len(trajs)
         for idx in micro_batches:
             batch, _ = self._tensors([trajs[i] for i in idx])
-            lp = token_logprobs(self.model, batch, self.rollout.temperature).cpu()
+            with self._forward_precision():
+                lp = token_logprobs(self.model, batch, self.rollout.temperature).cpu()
             for j, i in enumerate(idx):
                 out[i] = lp[j, : len(trajs[i].response_ids)]
         return out
@@ -152,7 +162,8 @@ class Update:
         batch, shaped = self._tensors(chunk)
         device = self.accelerator.device
         temperature = self.rollout.temperature
-        logp = token_logprobs(self.model, batch, temperature)
+        with self._forward_precision():
+            logp = token_logprobs(self.model, batch, temperature)
         if old is None:
             old_logp = logp.detach()
         else:
