@@ -41,6 +41,9 @@ def parse_count(text: str) -> int:
     return round(value)
 
 
+AUTO_NOTE = ", model.dtype=auto on a GPU with bf16"
+
+
 def compute_dtype(cfg: ThinkTuningConfig) -> str:
     """The precision a GPU run computes in: ``auto`` plans as bfloat16 (what it picks on a GPU with bf16)."""
     return "bfloat16" if cfg.model.dtype == "auto" else cfg.model.dtype
@@ -291,7 +294,7 @@ def arithmetic_lines(inp: Inputs) -> list[str]:
     name = cfg.preset or "config"
     lines = [f"# Memory plan: {name} on {inp.gpus} x {inp.memory / GB:g} GB", "",
              f"- student {inp.student.spec}: {_n(p)} parameters ({inp.student.source}); computes in "
-             f"{compute_dtype(cfg)} ({b} bytes{', model.dtype=auto on a GPU with bf16' if cfg.model.dtype == 'auto' else ''})"]
+             f"{compute_dtype(cfg)} ({b} bytes{AUTO_NOTE if cfg.model.dtype == 'auto' else ''})"]
     if s is not None:
         lines.append(f"- shape: h={s.hidden}, {s.layers} layers, {s.heads} query / {s.kv_heads} KV heads x "
                      f"{s.head_dim} (kv={s.kv_dim}), MLP I={s.intermediate}, vocab V={_n(s.vocab)}")

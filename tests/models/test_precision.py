@@ -32,7 +32,8 @@ def test_auto_on_a_cpu_with_native_bf16(monkeypatch):
 
 
 def test_auto_on_a_cpu_without_it_stays_float32(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (False, "CPU capability AVX2 without AVX512-BF16 or AMX"))
+    without = (False, "CPU capability AVX2 without AVX512-BF16 or AMX")
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: without)
     p = choose_precision("auto", torch.device("cpu"))
     assert p.dtype == "float32" and "AVX2" in p.reason and "emulated" in p.reason
 
