@@ -13,6 +13,10 @@ thinktuning variants: ``tt-grpo`` (guidance off, defaults), ``tt-grpo-noskip`` (
 every row through forward and backward, as TRL does), ``tt-guided`` (25% of each group's finished rollouts guided,
 constant schedule), ``tt-grpo-vllm`` (student rollouts on vLLM in float32, weights pushed every step).
 
+Precision: a variant name may end in ``@bf16`` (``trl-nogc@bf16``: TRL's ``bf16=True``; ``tt-guided@bf16``:
+``model.dtype=bfloat16``, i.e. autocast with float32 master weights, what ``auto`` picks on a CPU with AVX512-BF16 or
+AMX). Without it every variant is float32, as before.
+
 Each variant runs in a fresh process (``--child``): load, ``--warmup`` untimed steps, then ``--steps`` timed ones.
 The variants alternate, ``--rounds`` times, so slow drifts of a shared machine hit all of them alike; the report is
 the median over all timed steps of a variant, with a per-phase breakdown (student generation, teacher generation,
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -48,11 +53,20 @@ GUIDED_SETS = ["guidance.schedule=constant", "guidance.p_start=0.25", "guidance.
 # ----------------------------------------------------------------------------------------- children
 
 
-def tt_child(variant: str, steps: int, warmup: int, out_dir: str) -> list[dict]:
+def split_variant(name: str) -> tuple[str, bool]:
+    """``tt-guided@bf16`` -> (``tt-guided``, True)."""
+    base, _, precision = name.partition("@")
+    if base not in VARIANTS or precision not in ("", "bf16"):
+        raise SystemExit(f"unknown variant {name!r}: one of {', '.join(VARIANTS)}, optionally ending in @bf16")
+    return base, precision == "bf16"
+
+
+def tt_child(variant: str, steps: int, warmup: int, out_dir: str, bf16: bool = False) -> list[dict]:
     """thinktuning's own trainer; phases come from its ``time/*`` metrics."""
     from thinktuning import ThinkTuningTrainer, load_config
 
-    sets = [*TT_SETS, f"max_steps={steps + warmup}", f"output_dir={out_dir}"]
+    sets = [*TT_SETS, f"max_steps={steps + warmup}", f"output_dir={out_dir}",
+            f"model.dtype={'bfloat16' if bf16 else 'float32'}"]
     sets += GUIDED_SETS if variant == "tt-guided" else ["guidance.enabled=false"]
     if variant == "tt-grpo-noskip":  # every row through forward and backward, as TRL does
         sets.append("optim.skip_zero_advantage=false")
@@ -69,12 +83,13 @@ def tt_child(variant: str, steps: int, warmup: int, out_dir: str) -> list[dict]:
                          "update": upd, "other": m["time/step"] - gen - teach - upd,
                          "weight_push": m.get("time/weight_push", 0.0),
                          "guided": m.get("guidance/guided", 0), "rows_skipped": m.get("loss/rows_skipped", 0),
-                         "reward": m["reward/mean"], "tokens": m["response_length/mean"] * 16})
+                         "reward": m["reward/mean"], "tokens": m["response_length/mean"] * 16,
+                         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
     tr.close()
     return rows
 
 
-def trl_child(variant: str, steps: int, warmup: int, out_dir: str) -> list[dict]:
+def trl_child(variant: str, steps: int, warmup: int, out_dir: str, bf16: bool = False) -> list[dict]:
     """TRL's GRPOTrainer on the same model, prompts and settings; phases from TRL's own profiling timers."""
     import trl
     from datasets import Dataset
@@ -141,7 +156,7 @@ def trl_child(variant: str, steps: int, warmup: int, out_dir: str) -> list[dict]
         gradient_accumulation_steps=STEP["prompts"] * STEP["group"] // STEP["micro_batch"],
         num_generations=STEP["group"], max_completion_length=STEP["max_new_tokens"], temperature=1.0, top_p=1.0,
         top_k=0, beta=0.0, num_iterations=1, learning_rate=STEP["lr"], lr_scheduler_type="constant",
-        max_steps=steps + warmup, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
+        max_steps=steps + warmup, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=bf16,
         gradient_checkpointing=variant == "trl", shuffle_dataset=False, seed=STEP["seed"], dataloader_num_workers=0,
         disable_tqdm=True,
     )
@@ -176,20 +191,25 @@ def summarize(results: dict[str, list[dict]]) -> dict:
         table[v] = {k: statistics.median(r[k] for r in rows)
                     for k in ("step", "student_generate", "teacher_generate", "logprobs", "update", "other")}
         table[v]["n"] = len(rows)
+        if all("peak_rss_gb" in r for r in rows):  # the process's high-water mark (Linux reports KiB)
+            table[v]["peak_rss_gb"] = max(r["peak_rss_gb"] for r in rows)
     return table
 
 
 def print_table(table: dict) -> None:
-    base = table.get("tt-grpo", {}).get("step")
-    trl_best = min((table[v]["step"] for v in ("trl", "trl-nogc") if v in table), default=None)
+    """Ratios to TRL's fastest variant (whatever its precision) and to thinktuning GRPO with every row through the
+    update (``tt-grpo-noskip``) at the same precision."""
+    trl_best = min((r["step"] for v, r in table.items() if v.startswith("trl")), default=None)
     print("\n| variant | steps | step (s) | student gen | teacher gen | log-probs | update | other | vs TRL best |"
-          " vs tt-grpo |")
+          " vs tt-grpo-noskip, same precision |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for v, r in table.items():
+        base = table.get("tt-grpo-noskip" + ("@bf16" if v.endswith("@bf16") else ""), {}).get("step")
         vs_trl = f"{r['step'] / trl_best:.2f}x" if trl_best else "-"
-        vs_tt = f"{r['step'] / base:.2f}x" if base else "-"
+        vs_tt = f"{r['step'] / base:.2f}x" if base and not v.startswith("trl") else "-"
         print(f"| {v} | {r['n']} | {r['step']:.1f} | {r['student_generate']:.1f} | {r['teacher_generate']:.1f} | "
-              f"{r['logprobs']:.1f} | {r['update']:.1f} | {r['other']:.1f} | {vs_trl} | {vs_tt} |")
+              f"{r['logprobs']:.1f} | {r['update']:.1f} | {r['other']:.1f} | {vs_trl} | {vs_tt} |"
+              + (f" peak RSS {r['peak_rss_gb']:.2f} GB" if "peak_rss_gb" in r else ""))
 
 
 def main() -> None:
@@ -199,16 +219,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds over the variants")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", help="write the raw rows and the table as JSON here")
-    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     ap.add_argument("--child-dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        fn = trl_child if a.child.startswith("trl") else tt_child
-        rows = fn(a.child, a.steps, a.warmup, a.child_dir)
+        base, bf16 = split_variant(a.child)
+        fn = trl_child if base.startswith("trl") else tt_child
+        rows = fn(base, a.steps, a.warmup, a.child_dir, bf16)
         Path(a.child_out).write_text(json.dumps(rows))
         return
     variants = a.variants.split(",")
+    for v in variants:
+        split_variant(v)  # refuse a typo before the first child starts
     results: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(a.rounds):
         print(f"round {r + 1}/{a.rounds}", flush=True)
