@@ -289,3 +289,13 @@ def test_report_output_that_is_a_folder_or_cannot_be_created(tmp_path, capsys):
     assert main(["report", str(run), "--output", str(blocker / "sub" / "r.html")]) == 2
     assert capsys.readouterr().err == (f"error: --output {blocker / 'sub' / 'r.html'} cannot be created: {blocker} is "
                                        "a file, not a folder. Choose another --output\n")
+
+
+def test_teacher_accounting_totals_each_run(tmp_path):
+    guided = make_run(tmp_path / "tt")  # 3 steps, 1 guided and 1 without feedback in each
+    plain = make_run(tmp_path / "grpo", guidance=False)
+    page = build_report([guided, plain])
+    table = page.split("<h2>Teacher accounting, whole run</h2>")[1].split("</table>")[0]
+    assert "<td>rollouts guided</td><td>3</td><td>0</td>" in table
+    assert "<td>sent to the teacher, no usable feedback</td><td>3</td><td>0</td>" in table
+    assert "Teacher accounting" not in build_report([plain])  # no guidance, no table

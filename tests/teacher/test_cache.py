@@ -47,7 +47,7 @@ def test_answers_are_recorded_and_replayed_without_asking(tmp_path, smol_tokeniz
 
     replay = CachedTeacher(Counting(smol_tokenizer), identity(cfg), tmp_path / "b.jsonl", [tmp_path / "a.jsonl"])
     again = replay.feedback([CASE])
-    assert replay.inner.asked == 0 and replay.stats == {"cache_hits": 1, "cache_misses": 0}
+    assert replay.inner.asked == 0 and replay.stats == {"cache_hits": 1, "cache_misses": 0, "ms": 0}  # no wait
     assert again[0].feedback == got[0].feedback and again[0].raw == got[0].raw
     assert not (tmp_path / "b.jsonl").exists()  # nothing new to record
 

@@ -104,6 +104,9 @@ def test_real_feedback_through_the_completions_api(llama_url, smol_tokenizer):
     assert results[0].feedback.phrase.endswith("}.") and "\\boxed{" in results[0].feedback.phrase
     # 3 stages (+ at most one closing request) per case, nothing retried
     assert 6 <= teacher.stats["requests"] <= 8 and teacher.stats["retries"] == 0 == teacher.stats["failed_requests"]
+    # llama.cpp reports usage: every stage's prompt (the ~500-token instructions each time) and what it wrote
+    assert teacher.stats["usage_missing"] == 0
+    assert teacher.stats["tokens_in"] > 6 * 500 and 0 < teacher.stats["tokens_out"] <= 8 * 32
 
 
 @pytest.mark.slow
@@ -148,6 +151,7 @@ def test_two_guided_steps_with_the_server_then_two_with_it_stopped(tmp_path, tin
     # each step logs the requests it made: together, all the requests of the run
     assert sum(m["teacher/requests"] for m in up) == trainer.teacher.stats["requests"] > 0
     assert all(m["teacher/failed_requests"] == 0 for m in up)
+    assert sum(m["teacher/tokens_out"] for m in up) == trainer.teacher.stats["tokens_out"] > 0
 
     # the same run with the server stopped: nothing guided, every asked rollout counted, the run completes
     with caplog.at_level(logging.WARNING):

@@ -47,3 +47,14 @@ def test_teacher_accounting_counts_flips_and_leaks() -> None:
     m = teacher_accounting([right_kept, right_broken, wrong_fixed, wrong_kept])
     assert m == {"guidance/guided_correct": 2, "guidance/right_to_wrong": 1, "guidance/wrong_to_right": 1,
                  "guidance/answer_leaks": 1}
+
+
+def test_teacher_cost_per_million_tokens_by_hand() -> None:
+    from thinktuning.config.schema import TeacherConfig
+    from thinktuning.train.steplog import teacher_cost
+
+    counts = {"teacher/tokens_in": 2_000, "teacher/tokens_out": 500}
+    assert teacher_cost(counts, TeacherConfig()) == {}  # no price: no cost line
+    priced = TeacherConfig(price_in_per_million=3.0, price_out_per_million=15.0)
+    assert teacher_cost(counts, priced) == {"teacher/cost": (2_000 * 3.0 + 500 * 15.0) / 1e6}  # 0.0135
+    assert teacher_cost(counts, TeacherConfig(price_out_per_million=10.0)) == {"teacher/cost": 0.005}

@@ -259,6 +259,9 @@ def test_bf16_compute_keeps_float32_weights_and_corrects_the_sampler(tmp_path, t
     diffs = [m["rollout/logprob_abs_diff"] for m in history if not math.isnan(m["rollout/logprob_abs_diff"])]
     assert diffs and all(0 <= d < 0.1 for d in diffs), diffs
     assert {v.dtype for v in _weights(run / "checkpoints" / "step-000003").values()} == {torch.float32}
+    # the model teacher's accounting: every guided case's prompt counted, and what it wrote
+    assert sum(m["teacher/tokens_in"] for m in history) > 1000 * sum(m["guidance/guided"] for m in history) > 0
+    assert sum(m["teacher/tokens_out"] for m in history) > 0
     assert json.loads((run / "run.json").read_text())["precision"] == {
         "requested": "bfloat16", "dtype": "bfloat16", "reason": "set in the config"}
 

@@ -52,6 +52,8 @@ def validate(cfg: ThinkTuningConfig) -> None:
         (cfg.teacher.concurrency >= 1, "teacher.concurrency must be >= 1"),
         (cfg.teacher.timeout_s > 0, "teacher.timeout_s must be > 0"),
         (cfg.teacher.max_retries >= 0, "teacher.max_retries must be >= 0"),
+        (all(x is None or x >= 0 for x in (cfg.teacher.price_in_per_million, cfg.teacher.price_out_per_million)),
+         "teacher.price_in_per_million and teacher.price_out_per_million must be >= 0 or null"),
         (cfg.teacher.backend != "http" or bool(cfg.teacher.base_url),
          "teacher.backend=http needs teacher.base_url, the server's API root (e.g. http://127.0.0.1:8000/v1)"),
         (cfg.reward.timeout_s > 0, "reward.timeout_s must be > 0"),

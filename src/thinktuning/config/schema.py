@@ -140,6 +140,11 @@ class TeacherConfig:
     """``http``: per-request limit; a request that exceeds it is retried, then counted as no feedback."""
     max_retries: int = 3
     """``http``: retries (exponential backoff) after no connection, a timeout, HTTP 5xx or 429."""
+    price_in_per_million: float | None = None
+    """Price of a million prompt tokens sent to the teacher (any currency; e.g. an API's list price). With either
+    price set, ``teacher/cost`` is logged per step and totalled in the report; None: no cost is computed."""
+    price_out_per_million: float | None = None
+    """Price of a million tokens the teacher writes."""
     cache: str | None = None
     """Replay teacher answers from another run: its ``teacher_cache.jsonl`` or the run folder holding it. A case the
     cache holds (same teacher settings, question and student response) is answered without calling the teacher;

@@ -39,6 +39,10 @@ class Precision:
     def mixed_precision(self) -> str:
         return MIXED_PRECISION[self.dtype]
 
+    def describe(self) -> str:
+        """One line for the start of a run: ``precision: bfloat16 (auto: CPU capability AVX512 with AVX512-BF16)``."""
+        return f"precision: {self.dtype} ({'auto: ' if self.requested == 'auto' else ''}{self.reason})"
+
     def as_dict(self) -> dict[str, str]:
         return {"requested": self.requested, "dtype": self.dtype, "reason": self.reason}
 

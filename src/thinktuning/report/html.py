@@ -31,6 +31,7 @@ import yaml
 from thinktuning.errors import NotUtf8Error, ReportError
 from thinktuning.jsonl import read_jsonl
 from thinktuning.outputs import check_output_file
+from thinktuning.report import accounting
 from thinktuning.report.plots import COLORS, metrics_svg
 
 
@@ -247,6 +248,27 @@ def render_summary(runs: list[Run]) -> str:
             + "".join(rows) + "</table>")
 
 
+def render_accounting(runs: list[Run]) -> str:
+    """The teacher's accounting, totalled over each run (report/accounting.py); empty without guidance."""
+    sums = [accounting.totals(r.metrics) for r in runs]
+    keys = [(k, label) for k, label in accounting.ROWS if any(k in s for s in sums)]
+    if not any(r.guidance for r in runs) or not keys:
+        return ""
+    head = "".join(f"<th>{esc(r.label)}</th>" for r in runs)
+    def cell(total: dict[str, float], key: str) -> str:
+        if key not in total:
+            return ""
+        return _fmt(total[key], ".2f") if key in ("teacher/ms", "teacher/cost") else esc(int(total[key]))
+
+    body = "".join(f"<tr><td>{esc(label)}</td>" + "".join(f"<td>{cell(s, k)}</td>" for s in sums) + "</tr>"
+                   for k, label in keys)
+    shares = [accounting.rates(s) for s in sums]
+    body += "".join(
+        f"<tr><td>{esc(name)}</td>" + "".join(f"<td>{_fmt(x.get(name))}</td>" for x in shares) + "</tr>"
+        for name in dict.fromkeys(n for x in shares for n in x))
+    return f'<h2>Teacher accounting, whole run</h2><table class="extra"><tr><th></th>{head}</tr>{body}</table>'
+
+
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1240px;padding:16px;
 color:#1d1d1f;background:#fff}h1{font-size:22px;margin:4px 0 12px}h2{font-size:18px;margin:28px 0 8px;
@@ -310,7 +332,7 @@ def build_report(run_dirs: list[str | Path], steps: list[int] | None = None, max
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>", render_summary(runs),
-        "<h2>Training metrics</h2>", plot,
+        "<h2>Training metrics</h2>", plot, render_accounting(runs),
         "<h2>Rollouts</h2>",
         '<p class="legend">Guided rollouts: the student\'s own text, then <mark class="teacher">the teacher\'s '
         "words</mark> (marked), spliced in as if the student wrote them; the badge gives the teacher's opinion. "

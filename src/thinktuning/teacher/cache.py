@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,13 @@ class CachedTeacher:
                 if isinstance(rec.get("key"), str):
                     self.answers[rec["key"]] = rec
         self.hits = self.misses = 0
+        self.ms = 0
+        """Milliseconds spent waiting for the backend (cache hits cost none): per step, ``teacher/ms``."""
 
     @property
     def stats(self) -> dict[str, int]:
-        return {**(getattr(self.inner, "stats", None) or {}), "cache_hits": self.hits, "cache_misses": self.misses}
+        return {**(getattr(self.inner, "stats", None) or {}), "cache_hits": self.hits, "cache_misses": self.misses,
+                "ms": self.ms}
 
     def context(self) -> tuple[int | None, int] | None:
         return self.inner.context()
@@ -85,7 +89,9 @@ class CachedTeacher:
         self.hits += len(cases) - len(todo)
         self.misses += len(todo)
         if todo:
+            t0 = time.perf_counter()
             fresh = self.inner.feedback([cases[i] for i in todo])
+            self.ms += round((time.perf_counter() - t0) * 1000)
             if len(fresh) != len(todo):
                 raise RuntimeError(f"teacher backend {self.name!r} returned {len(fresh)} results for {len(todo)} "
                                    "requests")

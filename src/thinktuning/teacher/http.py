@@ -102,8 +102,11 @@ class HTTPTeacher:
         self.sampling: dict = {"temperature": 0.0}  # greedy, as the in-process teacher
         if repetition_penalty != 1.0:  # vLLM's and llama.cpp's names; plain OpenAI has neither, so only when asked
             self.sampling.update(repetition_penalty=repetition_penalty, repeat_penalty=repetition_penalty)
-        self.stats = {"requests": 0, "retries": 0, "failed_requests": 0}
-        """Totals since start: HTTP requests made (retries included), retries, requests that failed for good."""
+        self.stats = {"requests": 0, "retries": 0, "failed_requests": 0, "tokens_in": 0, "tokens_out": 0,
+                      "usage_missing": 0}
+        """Totals since start: HTTP requests made (retries included), retries, requests that failed for good, and
+        the prompt and completion tokens the server reported (``usage``); answers without a usage block are counted
+        in ``usage_missing`` (their tokens are not in the totals)."""
 
     def context(self) -> tuple[int | None, int] | None:
         """(the server's context window if it says, tokens of the instructions + demonstrations) for the start-up
@@ -132,6 +135,11 @@ class HTTPTeacher:
             self.stats["requests"] += c.attempts
             self.stats["retries"] += c.attempts - 1
             self.stats["failed_requests"] += not c.ok
+            if c.ok:
+                if c.prompt_tokens is None or c.completion_tokens is None:
+                    self.stats["usage_missing"] += 1
+                self.stats["tokens_in"] += c.prompt_tokens or 0
+                self.stats["tokens_out"] += c.completion_tokens or 0
         return done
 
     def _stage(self, live: list[_Case], extend: str, stop: str, max_tokens: int) -> list[str | None]:

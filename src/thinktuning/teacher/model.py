@@ -63,6 +63,9 @@ class ModelTeacher:
         self.eos_id = end_of_turn_id(tokenizer)
         self.pad_id = tokenizer.pad_token_id
         self._opinion_ids = [self._ids(o)[0] for o in ("correct", "incorrect")]
+        self.stats = {"tokens_in": 0, "tokens_out": 0}
+        """Totals since start: prompt tokens per case (the whole prompt, as a server would bill it, although the
+        shared instructions are computed once) and tokens the teacher generated."""
         self._prefix: tuple[str, tuple | None] | None = None
         self._forward_context = forward_context or contextlib.nullcontext
         if forward_context is None:
@@ -119,6 +122,7 @@ class ModelTeacher:
             max_tokens, eos_id=self.eos_id, stop_strings=(stop,), decode=self._decode,
             repetition_penalty=self.repetition_penalty, rows=rows,
         )
+        self.stats["tokens_out"] += sum(map(len, ids))
         return [self._decode(x) for x in ids]
 
     def _feedback_batch(self, cases: list[TeacherCase]) -> list[TeacherResult]:
@@ -130,7 +134,9 @@ class ModelTeacher:
         ]
         shared = prefix_cache is not None and all(t.startswith(prefix_text) for t in texts)
         session = DecodeSession(self.model, len(cases), self.pad_id, prefix_cache if shared else None)
-        session.feed([self._ids(t[len(prefix_text):] if shared else t) for t in texts])
+        fed = [self._ids(t[len(prefix_text):] if shared else t) for t in texts]
+        session.feed(fed)
+        self.stats["tokens_in"] += sum(map(len, fed)) + (len(self._ids(prefix_text)) * len(cases) if shared else 0)
         # 1. opinion: the likelier of the two words, so it is always valid
         pick = session.last_logits[:, self._opinion_ids].argmax(-1).tolist()
         opinions = ["correct" if k == 0 else "incorrect" for k in pick]

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from thinktuning.config.schema import TeacherConfig
 from thinktuning.rollout.types import Trajectory
 
 
@@ -92,6 +93,16 @@ class CounterDeltas:
         out = {f"{self.prefix}{k}": v - self.last.get(k, 0) for k, v in totals.items()}
         self.last = dict(totals)
         return out
+
+
+def teacher_cost(counts: dict[str, int], teacher: TeacherConfig) -> dict[str, float]:
+    """``{"teacher/cost": ...}`` for one step's token counts (``teacher/tokens_in``, ``teacher/tokens_out``) at the
+    config's prices per million tokens; empty when no price is set. A price left unset counts as 0."""
+    price_in, price_out = teacher.price_in_per_million, teacher.price_out_per_million
+    if price_in is None and price_out is None:
+        return {}
+    return {"teacher/cost": (counts.get("teacher/tokens_in", 0) * (price_in or 0.0)
+                             + counts.get("teacher/tokens_out", 0) * (price_out or 0.0)) / 1e6}
 
 
 def rollout_record(step: int, index: int, s: Trajectory) -> dict[str, Any]:

@@ -268,9 +268,7 @@ class ThinkTuningTrainer:
         history: list[dict[str, Any]] = []
         progress = Progress(self.total_steps, quiet=self.cfg.quiet)
         if self.is_main:
-            pr = self.precision
-            progress.start(self.start_step, str(self.run_dir),
-                           (f"precision: {pr.dtype} ({'auto: ' if pr.requested == 'auto' else ''}{pr.reason})",))
+            progress.start(self.start_step, str(self.run_dir), (self.precision.describe(),))
         for step in range(self.start_step, self.total_steps):
             metrics = self.step(step)
             history.append(metrics)
@@ -397,12 +395,10 @@ class ThinkTuningTrainer:
             checker_timeouts=int(distributed.all_sum(acc, self.checker.timeouts)),
             unparsed_references=int(distributed.all_sum(acc, len(self.checker.unparsed_references))),
         )
-        metrics.update({
-            **timer.metrics(),
-            **({} if self.engine.exact_logprobs else self.update.mismatch_metrics()),
-            **{k: int(distributed.all_sum(acc, v))
-               for k, v in self.teacher_counts(getattr(self.teacher, "stats", None)).items()},
-        })
+        counts = {k: int(distributed.all_sum(acc, v))
+                  for k, v in self.teacher_counts(getattr(self.teacher, "stats", None)).items()}
+        metrics.update({**timer.metrics(), **({} if self.engine.exact_logprobs else self.update.mismatch_metrics()),
+                        **counts, **steplog.teacher_cost(counts, self.cfg.teacher)})
         if self.is_main and self.cfg.log_rollouts:
             for i, s in enumerate(trajs):
                 self.rollouts_out.write(steplog.rollout_record(step + 1, i, s))
