@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a student with ThinkTuning (or plain GRPO)")
     train.add_argument("--config", default=None,
-                       help="preset name (cpu-demo, cpu-scripted, grpo-baseline, paper-3b) or a YAML file; "
+                       help="preset name (cpu-demo, cpu-scripted, cpu-expert, cpu-hint, cpu-refine, grpo-baseline, "
+                            "paper-3b) or a YAML file; "
                             "default cpu-demo")
     train.add_argument("--output-dir", default=None, help="run folder (default: the preset's output_dir)")
     train.add_argument("--max-steps", type=int, default=None)

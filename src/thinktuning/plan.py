@@ -165,7 +165,8 @@ class Inputs:
 def frozen_student_held(cfg: ThinkTuningConfig, lora: bool) -> bool:
     """A frozen copy of the initial student is loaded (teacher ``student-init`` or a KL reference), unless LoRA
     is on: then the student with its adapters off is that copy (see ``trainer._load_teacher_and_ref``)."""
-    teacher_copy = (cfg.guidance.enabled and cfg.teacher.backend == "model" and cfg.teacher.model == "student-init")
+    t = cfg.teacher
+    teacher_copy = cfg.guidance.asks_teacher() and t.backend == "model" and t.model == "student-init"
     return not lora and (teacher_copy or cfg.loss.kl_coef > 0)
 
 
@@ -189,7 +190,7 @@ def plan_inputs(cfg: ThinkTuningConfig, gpus: int, gpu_memory_gb: float, params:
         raise ConfigError(f"--gpu-memory must be a positive number of GB per GPU (e.g. 80), got {gpu_memory_gb!r}")
     student = _size(cfg.model.student, cfg, params, "model.student", "--params")
     teacher = None
-    if cfg.guidance.enabled and cfg.teacher.backend == "model" and cfg.teacher.model != "student-init":
+    if cfg.guidance.asks_teacher() and cfg.teacher.backend == "model" and cfg.teacher.model != "student-init":
         teacher = _size(cfg.teacher.model, cfg, teacher_params, "teacher.model", "--teacher-params")
     r, o = cfg.rollout, cfg.optim
     shape = student.shape
@@ -224,7 +225,7 @@ def kv_caches(inp: Inputs) -> dict[str, tuple[Shape | None, int, int]]:
     out: dict[str, tuple[Shape | None, int, int]] = {}
     if r.backend == "transformers":
         out["student"] = (inp.student.shape, inp.sample_rows, seq)
-    if cfg.guidance.enabled and t.backend == "model":
+    if cfg.guidance.asks_teacher() and t.backend == "model":
         shape = inp.student.shape if t.model == "student-init" else inp.teacher.shape if inp.teacher else None
         out["teacher"] = (shape, t.batch_size, seq + t.max_reason_tokens + t.max_phrase_tokens)
     return out
@@ -328,7 +329,8 @@ def arithmetic_lines(inp: Inputs) -> list[str]:
                 f"{_gb(kv_cache_bytes(shape, b, n, seq_len))} GB" if shape else "(shape unknown: ?)")
         lines.append(f"- KV cache of the {who} while it generates: {rows} rows x {seq_len} tokens {size}")
     if frozen_student_held(cfg, False):
-        why = "teacher.model=student-init" if cfg.guidance.enabled and t.model == "student-init" else "loss.kl_coef>0"
+        by_teacher = cfg.guidance.asks_teacher() and t.model == "student-init"
+        why = "teacher.model=student-init" if by_teacher else "loss.kl_coef>0"
         lines.append(f"- frozen teacher/reference ({why}): a copy of the student, {_gb(p * b)} GB; none with LoRA "
                      "(the student with its adapters off is that copy)")
     if inp.teacher is not None:

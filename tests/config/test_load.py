@@ -10,12 +10,14 @@ from thinktuning.errors import ConfigError
 
 # ------------------------------------------------------------------------------------------------- presets
 
+PRESETS = ["cpu-demo", "cpu-expert", "cpu-hint", "cpu-refine", "cpu-scripted", "grpo-baseline", "paper-3b"]
+
 
 def test_preset_names_are_the_shipped_presets() -> None:
-    assert preset_names() == ["cpu-demo", "cpu-scripted", "grpo-baseline", "paper-3b"]
+    assert preset_names() == PRESETS
 
 
-@pytest.mark.parametrize("name", ["cpu-demo", "cpu-scripted", "grpo-baseline", "paper-3b"])
+@pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_loads_validates_and_records_its_name(name: str) -> None:
     cfg = load_config(name)
     assert isinstance(cfg, ThinkTuningConfig)
@@ -322,14 +324,14 @@ def test_unknown_preset_suggests_nearest() -> None:
     message = str(info.value)
     assert "unknown config preset 'cpu-dem'" in message
     assert "Did you mean 'cpu-demo'?" in message
-    assert "cpu-demo, cpu-scripted, grpo-baseline, paper-3b" in message
+    assert "cpu-demo, cpu-expert, cpu-hint, cpu-refine, cpu-scripted, grpo-baseline, paper-3b" in message
 
 
 def test_unknown_preset_without_close_match_lists_presets() -> None:
     with pytest.raises(ConfigError) as info:
         load_config("zzzzzz")
     assert "Did you mean" not in str(info.value)
-    assert "Presets: cpu-demo, cpu-scripted, grpo-baseline, paper-3b" in str(info.value)
+    assert f"Presets: {', '.join(PRESETS)}" in str(info.value)
 
 
 # ------------------------------------------------------------------------------------ deviations and kwargs

@@ -6,7 +6,7 @@ import pytest
 
 from thinktuning.config.load import load_config
 from thinktuning.data.examples import Example
-from thinktuning.guidance.guide import Guide, TeacherWatch
+from thinktuning.guidance.guide import Continuation, Guide, TeacherWatch
 from thinktuning.rollout.types import Trajectory
 from thinktuning.teacher.base import TeacherCase, TeacherResult
 from thinktuning.teacher.prompt import parse_feedback
@@ -86,7 +86,8 @@ def test_student_continuation_is_handed_back_to_the_trainer(smol_tokenizer):
     cfg = load_config("cpu-demo", ["guidance.continuation=student"])
     guide = Guide(cfg.guidance, cfg.teacher, RecordingTeacher(), smol_tokenizer, smol_tokenizer.eos_token_id)
     s = _seq(smol_tokenizer, "3 + 4 = 8")
-    assert guide([s], 3) == [s]
+    (c,) = guide([s], 3)
+    assert c.trajectory is s and c.context == s.prompt_ids + s.response_ids and not c.replace
     assert guide([], 3) == []
     teacher_cfg = load_config("cpu-demo")  # continuation=teacher: the teacher's phrase ends it, nothing to continue
     guide = Guide(teacher_cfg.guidance, teacher_cfg.teacher, RecordingTeacher(), smol_tokenizer,
@@ -130,3 +131,60 @@ def test_an_answer_the_teacher_was_not_shown_is_flagged_as_a_leak(smol_tokenizer
         s = _seq(smol_tokenizer, "3 + 4 = 8")  # the RecordingTeacher's feedback says 3 + 4 is 7, the reference
         guide([s], 0)
         assert s.answer_leak is leak
+
+
+# ------------------------------------------------------------------------------------------- the family
+
+
+def _guide(tok, mode: str, teacher=None, extra=()):
+    cfg = load_config("cpu-demo", [f"guidance.mode={mode}", *extra])
+    return Guide(cfg.guidance, cfg.teacher, teacher, tok, tok.convert_tokens_to_ids("<|im_end|>"))
+
+
+def test_expert_replaces_the_rollout_with_the_worked_solution(smol_tokenizer):
+    guide = _guide(smol_tokenizer, "expert")  # no teacher: expert guidance asks none
+    s = _seq(smol_tokenizer, "3 + 4 = 8")
+    s.sampler_logprobs = [-1.0] * len(s.response_ids)
+    assert guide([s], 0) == []
+    eos = smol_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert smol_tokenizer.decode(s.response_ids) == "3 + 4 = 7.\nThe final answer is \\boxed{7}.<|im_end|>"
+    assert s.response_ids[-1] == eos and s.teacher_mask == [1] * len(s.response_ids)
+    assert s.guided and s.finished and s.opinion == "expert" and s.sampler_logprobs is None
+    assert s.teacher_span == (0, len("3 + 4 = 7.\nThe final answer is \\boxed{7}."))
+
+
+def test_expert_and_hint_leave_an_example_without_a_solution_unguided(smol_tokenizer):
+    for mode in ("expert", "hint"):
+        s = _seq(smol_tokenizer, "3 + 4 = 8")
+        s.example = Example("a-2", "q", "q", "7", solution=None)
+        before = list(s.response_ids)
+        assert _guide(smol_tokenizer, mode)([s], 0) == []
+        assert not s.guided and s.no_feedback and s.response_ids == before
+        assert s.teacher_error == "no worked solution for this example"
+
+
+def test_hint_gives_a_prefix_the_student_continues(smol_tokenizer):
+    s = _seq(smol_tokenizer, "3 + 4 = 8")
+    s.example = Example("a-3", "q", "q", "10", solution="3 + 4 = 7.\n7 + 3 = 10.")
+    (c,) = _guide(smol_tokenizer, "hint")([s], 0)
+    assert smol_tokenizer.decode(s.response_ids) == "3 + 4 = 7.\n"
+    n = len(s.response_ids)
+    assert s.teacher_mask == [1] * n and s.no_loss == list(range(n))  # hint_loss=mask
+    assert c == Continuation(s, s.prompt_ids + s.response_ids, replace=False) and s.opinion == "hint"
+    shaped = _seq(smol_tokenizer, "x")
+    shaped.example = s.example
+    _guide(smol_tokenizer, "hint", extra=["guidance.hint_loss=shaped"])([shaped], 0)
+    assert shaped.no_loss == [] and shaped.teacher_mask == [1] * len(shaped.response_ids)
+
+
+def test_refine_asks_for_a_critique_and_hands_back_the_refinement_context(smol_tokenizer):
+    teacher = RecordingTeacher()
+    s = _seq(smol_tokenizer, "3 + 4 = 8")
+    s.sampler_logprobs = [-1.0] * len(s.response_ids)
+    (c,) = _guide(smol_tokenizer, "refine", teacher)([s], 0)
+    assert teacher.seen and c.trajectory is s and c.replace
+    context = smol_tokenizer.decode(c.context)
+    assert context.index("What is 3 + 4?") < context.index("3 + 4 = 8") < context.index("Wait, 3 + 4 is 7, not 8.")
+    assert context.endswith("<|im_start|>assistant\n")
+    assert s.guided and s.opinion == "incorrect" and s.sampler_logprobs is None
+    assert not s.answer_leak  # cpu-demo's teacher is shown the answer: a mention is no leak

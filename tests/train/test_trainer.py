@@ -174,17 +174,31 @@ def test_same_seed_same_run_and_exact_resume(tmp_path, tiny_student):
         ["guidance.continuation=student", "guidance.mask_scope=teacher"],
         ["loss.shaping=luffy", "optim.mini_batch_prompts=1", "optim.ppo_epochs=2", "loss.kl_coef=0.1"],
         ["loss.shaping=aas-recipe", "loss.aggregation=seq-mean-token-sum-norm", "teacher.sees_reference=none"],
+        ["guidance.mode=expert", "loss.shaping=luffy"],
+        ["guidance.mode=hint"],
+        ["guidance.mode=refine", "teacher.backend=scripted"],
     ],
 )
 def test_variants_run(tmp_path, tiny_student, extra):
-    history = ThinkTuningTrainer(_tiny_cfg(tiny_student, tmp_path / "run", extra)).train()
+    trainer = ThinkTuningTrainer(_tiny_cfg(tiny_student, tmp_path / "run", extra))
+    history = trainer.train()
     assert all(math.isfinite(m["loss"]) for m in history)
     rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
     guided = [r for r in rollouts if r["guided"]]
     assert guided
-    if "guidance.continuation=student" in extra:
-        # the student continues after the teacher's reason: its own tokens follow the teacher span
+    if "guidance.continuation=student" in extra or "guidance.mode=hint" in extra:
+        # the student continues after the teacher's reason or the hint: its own tokens follow the teacher span
         assert any(r["teacher_span"][1] < len(r["response"]) for r in guided)
+    if "guidance.mode=expert" in extra:  # the worked solution, with its boxed answer: no teacher was loaded
+        assert trainer.teacher is None and all(r["opinion"] == "expert" for r in guided)
+        assert all(r["response"].endswith(f"\\boxed{{{r['reference']}}}.") for r in guided)
+    if "guidance.mode=hint" in extra:
+        assert trainer.teacher is None and all(r["opinion"] == "hint" for r in guided)
+    if "guidance.mode=refine" in extra:  # the refinement replaced the rollout; the critique is the teacher's output
+        assert all(r["teacher_span"] is None and r["teacher_raw"] for r in guided)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    mode = next((x.split("=")[1] for x in extra if x.startswith("guidance.mode=")), None)
+    assert (mode is None) == (not any("guidance.mode=" in d for d in info["deviations_from_paper"]))
 
 
 def test_skipping_zero_advantage_rows_leaves_the_update_unchanged(tmp_path, tiny_student):

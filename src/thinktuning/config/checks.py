@@ -44,6 +44,11 @@ def validate(cfg: ThinkTuningConfig) -> None:
         (cfg.guidance.cutoff_epsilon is None or cfg.guidance.cutoff_epsilon >= 0,
          "guidance.cutoff_epsilon must be >= 0 or null"),
         (cfg.guidance.min_per_group >= 0, "guidance.min_per_group must be >= 0"),
+        (0 < cfg.guidance.hint_fraction < 1, "guidance.hint_fraction must be in (0, 1): a share of the solution"),
+        (not (cfg.guidance.enabled and cfg.guidance.mode in ("expert", "hint") and cfg.data.name == "prompts"
+              and not cfg.data.solution_column),
+         f"guidance.mode={cfg.guidance.mode} needs worked solutions: set data.solution_column to the column that "
+         "holds them (or use guidance.mode=thinktuning or refine, which need none)"),
         (cfg.teacher.max_reason_tokens >= 1, "teacher.max_reason_tokens must be >= 1"),
         (cfg.teacher.max_phrase_tokens >= 1, "teacher.max_phrase_tokens must be >= 1"),
         (cfg.teacher.max_feedback_tokens >= 1, "teacher.max_feedback_tokens must be >= 1"),
@@ -100,7 +105,7 @@ def validate(cfg: ThinkTuningConfig) -> None:
     if env and not is_env_var_name(env):  # never echoed: it may be the key itself
         raise ConfigError(f"teacher.api_key_env must name the environment variable that holds the key (e.g. "
                           f"OPENAI_API_KEY), not the key itself; got a value of {len(env)} characters")
-    if cfg.guidance.enabled and cfg.teacher.backend == "scripted" and cfg.data.name not in SCRIPTED_DATASETS:
+    if cfg.guidance.asks_teacher() and cfg.teacher.backend == "scripted" and cfg.data.name not in SCRIPTED_DATASETS:
         raise ConfigError(
             f"teacher.backend=scripted writes its feedback from a task's short worked steps, which only data.name="
             f"{' and '.join(SCRIPTED_DATASETS)} carry; data.name={cfg.data.name} has none usable (MATH solutions are "
@@ -211,11 +216,15 @@ def check_context_lengths(
     if cfg.guidance.enabled:
         parts.append(("teacher.max_feedback_tokens", t.max_feedback_tokens))
         what = "the longest guided rollout"
-        if cfg.guidance.continuation == "student":
+        if cfg.guidance.continuation == "student" or cfg.guidance.mode == "hint":
             parts.append(("rollout.max_new_tokens", r.max_new_tokens))
-            what += ", whose student continues after the feedback"
+            what += ", whose student continues after the feedback or hint"
+        if cfg.guidance.mode == "refine":  # the refinement's context: answer, critique, request, then the refinement
+            parts += [("teacher.max_reason_tokens", t.max_reason_tokens), ("the refine request", TEACHER_FORMAT_TOKENS),
+                      ("rollout.max_new_tokens", r.max_new_tokens)]
+            what += ", refined after a critique"
     _fits(parts, student_limit, what, f"the student's context ({cfg.model.student})")
-    if cfg.guidance.enabled:
+    if cfg.guidance.asks_teacher():
         parts = [
             ("the teacher's instructions and demonstrations", teacher_prompt_tokens),
             ("rollout.max_prompt_length", r.max_prompt_length), ("rollout.max_new_tokens", r.max_new_tokens),

@@ -151,10 +151,29 @@ class TeacherConfig:
     every run records its own answers in ``RUN/teacher_cache.jsonl`` (a resumed run reuses them)."""
 
 
+MODE_LABELS = {
+    "expert": "LUFFY-style expert traces (the worked solution replaces a rollout, off-policy)",
+    "refine": "Critique-GRPO-style refinements (the student rewrites its answer after the teacher's critique)",
+    "hint": "prefix hints (the student continues the first part of the worked solution)",
+}
+"""What each ``guidance.mode`` other than the paper's is, in run.json's deviations."""
+
+
 @dataclass
 class GuidanceConfig:
     enabled: bool = True
     """False = plain GRPO (the baseline)."""
+    mode: Literal["thinktuning", "expert", "refine", "hint"] = "thinktuning"
+    """What a chosen rollout becomes (docs/guidance-family.md). ``thinktuning``: the teacher's feedback is spliced
+    after the student's response (the paper). ``expert`` (LUFFY-style): the example's worked solution replaces it,
+    off-policy. ``refine`` (Critique-GRPO-style): the teacher's reason is a critique, the student writes a refined
+    answer with it in context, and the refinement replaces the rollout. ``hint`` (prefix-hint methods): the first
+    ``hint_fraction`` of the worked solution is given and the student continues it on-policy. Selection, schedule,
+    rewards, advantages, the loss and the report are the same for all four."""
+    hint_fraction: float = 0.5
+    """``hint``: the share of the worked solution's lines given as the prefix (at least one line, never all)."""
+    hint_loss: Literal["mask", "shaped"] = "mask"
+    """``hint``: the given prefix carries no loss (``mask``) or is trained with the shaped objective (``shaped``)."""
     schedule: Literal["linear", "constant", "cosine"] = "linear"
     p_start: float = 0.10
     p_end: float = 0.01
@@ -176,6 +195,10 @@ class GuidanceConfig:
     """The token the splice puts where the student had ended its turn (the teacher's first token). ``train``: it is
     trained like every other token (recipe), which also teaches "do not stop after your answer". ``skip`` (our
     variant, not the paper's): it carries no loss, so guided rollouts leave the student's decision to stop alone."""
+
+    def asks_teacher(self) -> bool:
+        """Whether guidance asks a teacher anything (expert and hint modes use the dataset's worked solutions)."""
+        return self.enabled and self.mode in ("thinktuning", "refine")
 
 
 @dataclass
@@ -284,6 +307,9 @@ class ThinkTuningConfig:
                 f"teacher.sees_reference={self.teacher.sees_reference}: the teacher is shown the reference "
                 f"{self.teacher.sees_reference} (the paper's teacher sees only question and response)"
             )
+        if self.guidance.enabled and self.guidance.mode != "thinktuning":
+            out.append(f"guidance.mode={self.guidance.mode}: {MODE_LABELS[self.guidance.mode]}, not ThinkTuning's "
+                       "spliced feedback (another member of the guidance family)")
         if self.guidance.enabled and self.guidance.continuation == "student":
             out.append("guidance.continuation=student: the student writes the answer after the teacher's reason")
         if self.guidance.enabled and self.guidance.target != "uniform":

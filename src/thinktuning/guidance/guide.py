@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
 from thinktuning.config.schema import GuidanceConfig, TeacherConfig
-from thinktuning.guidance import rules
+from thinktuning.guidance import family, rules
 from thinktuning.rollout.types import Trajectory
 from thinktuning.teacher.base import Teacher, TeacherCase, TeacherResult
-from thinktuning.teacher.prompt import feedback_text
+from thinktuning.teacher.prompt import chat_prefix, feedback_text
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,16 @@ class TeacherWatch:
 
 
 class Guide:
-    """Turns chosen rollouts into guided ones: build the teacher's cases, call it, splice, record.
-
-    With ``guidance.continuation=student`` the caller samples the rest on-policy after the teacher's reason: the
-    guide returns the trajectories to continue and holds no model.
-    """
+    """Turns chosen rollouts into guided ones, the way ``guidance.mode`` says: build the teacher's cases, call it,
+    splice (ThinkTuning), or put in the worked solution (expert), a prefix of it (hint), or the context for a
+    refinement (refine). Where the student is to write next, the guide returns :class:`Continuation` s and the
+    caller samples them: it holds no student model. ``teacher`` is None for the modes that need none."""
 
     def __init__(
         self,
         guidance: GuidanceConfig,
         teacher_cfg: TeacherConfig,
-        teacher: Teacher,
+        teacher: Teacher | None,
         tokenizer,
         eos_id: int,
         watch: TeacherWatch | None = None,
@@ -92,27 +92,42 @@ class Guide:
             ))
         return out
 
-    def __call__(self, chosen: list[Trajectory], step: int) -> list[Trajectory]:
-        """Ask the teacher about each chosen rollout and splice its feedback in (or count 'no feedback'). Returns the
-        guided trajectories the student is to continue (``guidance.continuation=student``; else none)."""
+    def __call__(self, chosen: list[Trajectory], step: int) -> list[Continuation]:
+        """Turn each chosen rollout into a guided one, the way ``guidance.mode`` says. Returns what the student is to
+        write next, if anything (ThinkTuning with ``continuation=student``, hint, refine): the caller samples it."""
         if not chosen:
             return []
-        gd = self.guidance
+        mode = self.guidance.mode
+        if mode == "expert":
+            return self._expert(chosen)
+        if mode == "hint":
+            return self._hint(chosen)
+        results = self._ask(chosen, step)
+        return self._refine(chosen, results) if mode == "refine" else self._splice(chosen, results)
+
+    def _ask(self, chosen: list[Trajectory], step: int) -> list[TeacherResult]:
+        if self.teacher is None:
+            raise RuntimeError(f"guidance.mode={self.guidance.mode} needs a teacher, and none was built")
         results = self.teacher.feedback(self.cases(chosen))
         if len(results) != len(chosen):
             raise RuntimeError(f"teacher backend {self.teacher.name!r} returned {len(results)} results for "
                                f"{len(chosen)} requests")
         self.watch(results, step)
-        continuing = []
         for s, res in zip(chosen, results, strict=True):
             s.teacher_raw, s.teacher_error = res.raw, res.error
+            s.no_feedback = res.feedback is None
+        return results
+
+    def _splice(self, chosen: list[Trajectory], results: list[TeacherResult]) -> list[Continuation]:
+        """ThinkTuning: the teacher's words after the student's response (rules.splice)."""
+        gd = self.guidance
+        continuing = []
+        for s, res in zip(chosen, results, strict=True):
             if res.feedback is None:
-                s.no_feedback = True
                 continue
             text = feedback_text(res.feedback, gd.continuation)
-            teacher_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             sp = rules.splice(
-                s.response_ids, teacher_ids, self.eos_id, max_feedback_tokens=self.teacher_cfg.max_feedback_tokens,
+                s.response_ids, self._ids(text), self.eos_id, max_feedback_tokens=self.teacher_cfg.max_feedback_tokens,
                 append_eos=gd.continuation == "teacher",
             )
             student_text = self._decode(s.response_ids[: sp.student_len])
@@ -123,8 +138,76 @@ class Guide:
             s.teacher_span = (len(student_text), len(self._decode(s.response_ids)))
             s.answer_leak = self.teacher_cfg.sees_reference == "none" and mentions(text, s.example.reference)
             if gd.continuation == "student":
-                continuing.append(s)
+                continuing.append(Continuation(s, s.prompt_ids + s.response_ids, replace=False))
         return continuing
+
+    def _expert(self, chosen: list[Trajectory]) -> list[Continuation]:
+        """LUFFY-style: the worked solution replaces the rollout, every token off-policy (shaped)."""
+        for s in self._with_solution(chosen):
+            text = family.expert_text(s.example.solution or "", s.example.reference)
+            ids = [*self._ids(text)[: self.teacher_cfg.max_feedback_tokens], self.eos_id]
+            self._replace(s, ids, [1] * len(ids), opinion="expert")
+            s.teacher_span = (0, len(self._decode(ids)))
+        return []
+
+    def _hint(self, chosen: list[Trajectory]) -> list[Continuation]:
+        """Prefix hints: the first part of the worked solution, then the student continues on-policy."""
+        out = []
+        for s in self._with_solution(chosen):
+            prefix = family.hint_prefix(s.example.solution or "", self.guidance.hint_fraction)
+            if not prefix:
+                s.no_feedback, s.teacher_error = True, "the worked solution has one step: nothing to give as a hint"
+                continue
+            ids = self._ids(prefix)
+            self._replace(s, ids, [1] * len(ids), opinion="hint")
+            if self.guidance.hint_loss == "mask":
+                s.no_loss = list(range(len(ids)))
+            s.teacher_span = (0, len(self._decode(ids)))
+            out.append(Continuation(s, s.prompt_ids + ids, replace=False))
+        return out
+
+    def _refine(self, chosen: list[Trajectory], results: list[TeacherResult]) -> list[Continuation]:
+        """Critique-GRPO-style: the teacher's reason is the critique; the student rewrites its answer with the
+        critique in context, and that refinement (trained under the original prompt) replaces the rollout."""
+        out = []
+        for s, res in zip(chosen, results, strict=True):
+            if res.feedback is None:
+                continue
+            critique = res.feedback.reason
+            chat = chat_prefix(self.tokenizer, family.refine_messages(
+                s.example.prompt, self._decode(s.response_ids), critique))
+            s.guided, s.opinion, s.sampler_logprobs = True, res.feedback.opinion, None
+            s.answer_leak = self.teacher_cfg.sees_reference == "none" and mentions(critique, s.example.reference)
+            out.append(Continuation(s, self._ids(chat), replace=True))
+        return out
+
+    def _with_solution(self, chosen: list[Trajectory]) -> list[Trajectory]:
+        """The chosen rollouts whose example has a worked solution; the others stay unguided, counted as no
+        feedback with the reason."""
+        for s in chosen:
+            if not s.example.solution:
+                s.no_feedback, s.teacher_error = True, "no worked solution for this example"
+        return [s for s in chosen if s.example.solution]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @staticmethod
+    def _replace(s: Trajectory, ids: list[int], mask: list[int], opinion: str) -> None:
+        """The rollout's response becomes ``ids``; the sampler's log-probs no longer describe it."""
+        s.response_ids, s.teacher_mask, s.sampler_logprobs = ids, mask, None
+        s.guided, s.opinion, s.finished = True, opinion, True
+
+
+@dataclass
+class Continuation:
+    """What the student writes next for a guided rollout: sampled from ``context``, then appended on-policy to the
+    response (``replace=False``) or replacing it (``replace=True``: a refinement, written in another context);
+    :func:`thinktuning.guidance.family.extend_response`."""
+
+    trajectory: Trajectory
+    context: list[int]
+    replace: bool
 
 
 def mentions(text: str, answer: str) -> bool:

@@ -143,12 +143,17 @@ def render_response(text: str, span: Any, opinion: str | None = None) -> str:
     return esc(text)
 
 
+GUIDED_BADGES = {"expert": "expert trace (the worked solution)", "hint": "hint (start of the worked solution)"}
+"""The badge of a rollout guided without a teacher (``guidance.mode`` expert or hint; their ``opinion`` says which)."""
+
+
 def render_rollout(r: dict[str, Any]) -> str:
     guided, correct = bool(r.get("guided")), is_correct(r)
     classes = ["rollout", "guided" if guided else "unguided", "correct" if correct else "incorrect"]
     badges = []
     if guided:
-        badges.append(f'<span class="badge teacher">guided · teacher says: {esc(r.get("opinion") or "?")}</span>')
+        what = GUIDED_BADGES.get(r.get("opinion") or "", f"teacher says: {r.get('opinion') or '?'}")
+        badges.append(f'<span class="badge teacher">guided · {esc(what)}</span>')
     elif r.get("no_feedback"):
         badges.append('<span class="badge nofb">sent to the teacher: no usable feedback</span>')
     badges.append(f'<span class="badge {"ok" if correct else "bad"}">{"correct" if correct else "incorrect"}</span>')

@@ -69,7 +69,7 @@ def build_teacher(cfg: ThinkTuningConfig, *, tokenizer, frozen_student, device, 
 def needs_frozen_student(cfg: ThinkTuningConfig) -> bool:
     """Whether the teacher is a frozen copy of the initial student held in this process. Not with LoRA: the
     student's base weights never change, so the student with its adapters off is that copy already."""
-    return (cfg.guidance.enabled and cfg.teacher.backend == "model" and cfg.teacher.model == "student-init"
+    return (cfg.guidance.asks_teacher() and cfg.teacher.backend == "model" and cfg.teacher.model == "student-init"
             and not cfg.lora.enabled)
 
 
@@ -86,7 +86,7 @@ def build_teacher_and_reference(cfg: ThinkTuningConfig, student, student_spec, t
         frozen = load_model(student_spec, dtype, cfg.model.trust_remote_code)
         frozen.requires_grad_(False).eval().to(device)
     teacher = None
-    if cfg.guidance.enabled:
+    if cfg.guidance.asks_teacher():
         teacher = build_teacher(cfg, tokenizer=tokenizer, frozen_student=frozen, device=device,
                                 frozen_context=frozen_view if cfg.lora.enabled else None, dtype=dtype)
         # every answer recorded in the run folder (one file per process), replayed from teacher.cache when given

@@ -21,8 +21,8 @@ from thinktuning.config.schema import ThinkTuningConfig
 from thinktuning.data.examples import Example
 from thinktuning.data.load import load_training_data, step_examples
 from thinktuning.errors import ConfigError, DatasetError
-from thinktuning.guidance import rules
-from thinktuning.guidance.guide import Guide, TeacherWatch
+from thinktuning.guidance import family, rules
+from thinktuning.guidance.guide import Continuation, Guide, TeacherWatch
 from thinktuning.jsonl import JsonlWriter, truncate_jsonl
 from thinktuning.models import lora
 from thinktuning.models.load import (
@@ -136,10 +136,8 @@ class ThinkTuningTrainer:
         self.teacher, self.ref_model, self.frozen_view = build_teacher_and_reference(
             self.cfg, model, self.student_spec, self.tokenizer, self.accelerator.device, self.accelerator.process_index,
             dtype=self.precision.dtype)
-        self.guide = (
-            Guide(cfg.guidance, cfg.teacher, self.teacher, self.tokenizer, self.eos_id, TeacherWatch(logger=log))
-            if self.teacher is not None else None
-        )
+        self.guide = (Guide(cfg.guidance, cfg.teacher, self.teacher, self.tokenizer, self.eos_id,
+                            TeacherWatch(logger=log)) if cfg.guidance.enabled else None)
         self.teacher_counts = steplog.CounterDeltas("teacher/")  # an HTTP teacher's requests, retries, failures
         self._check_context(model)
         return model
@@ -200,7 +198,7 @@ class ThinkTuningTrainer:
             "data": self.data_stats.__dict__,
             "teacher": ({"backend": cfg.teacher.backend,  # scripted: templates, no model to name
                          "model": None if cfg.teacher.backend == "scripted" else cfg.teacher.model}
-                        if cfg.guidance.enabled else None),
+                        if cfg.guidance.asks_teacher() else None),
             "resumed_from": str(self.resume_from) if self.resume_from else None,
             "precision": self.precision.as_dict(),
         })
@@ -359,15 +357,17 @@ class ThinkTuningTrainer:
             s.text = self._decode(s.response_ids)
         return p
 
-    def _continue(self, continuing: list[Trajectory], step: int) -> None:
-        """``guidance.continuation=student``: the student writes the rest on-policy, after the teacher's reason."""
+    def _continue(self, continuing: list[Continuation], step: int) -> None:
+        """The student writes what guidance left to it: the rest after the teacher's reason or a hint, or a
+        refinement after a critique (guidance/guide.py)."""
         if not continuing:
             return
         seed = distributed.rank_seed(self.cfg.seed * 7_000_003 + step, self.accelerator.process_index)
-        more = self.continuation.sample([s.prompt_ids + s.response_ids for s in continuing], seed)
-        for s, r in zip(continuing, more, strict=True):
-            s.response_ids = s.response_ids + r.response_ids
-            s.teacher_mask = s.teacher_mask + [0] * len(r.response_ids)
+        more = self.continuation.sample([c.context for c in continuing], seed)
+        for c, r in zip(continuing, more, strict=True):
+            s = c.trajectory
+            s.response_ids, s.teacher_mask = family.extend_response(s.response_ids, s.teacher_mask, r.response_ids,
+                                                                     replace=c.replace)
             s.finished = r.finished
 
     def _reward_and_advantage(self, trajs: list[Trajectory]) -> None:
