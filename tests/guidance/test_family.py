@@ -7,10 +7,8 @@ import pytest
 from thinktuning.guidance.family import (
     expert_text,
     extend_response,
-    hint_count,
-    hint_prefix,
+    hint_length,
     refine_messages,
-    solution_steps,
 )
 
 
@@ -20,28 +18,16 @@ def test_expert_text_closes_with_the_boxed_answer_only_when_missing():
     assert expert_text(boxed, "109") == boxed
 
 
-def test_solution_steps_are_lines_or_sentences():
-    assert solution_steps("a = 1\n\nb = a + 2\nc = 3") == ["a = 1", "b = a + 2", "c = 3"]
-    assert solution_steps("Tom had 3.5 kg. He ate 1.5 kg! So 2 kg are left.") == [
-        "Tom had 3.5 kg.", "He ate 1.5 kg!", "So 2 kg are left."]
-    assert solution_steps("") == []
-
-
-@pytest.mark.parametrize(("steps", "fraction", "given"), [
-    (1, 0.5, 0),   # one step cannot be split
+@pytest.mark.parametrize(("tokens", "fraction", "given"), [
+    (1, 0.5, 0),   # one token cannot be split
     (2, 0.5, 1),
     (3, 0.5, 2),   # round(1.5) = 2
     (4, 0.5, 2),
     (4, 0.9, 3),   # never all of them
     (4, 0.01, 1),  # at least one
 ])
-def test_hint_count(steps, fraction, given):
-    assert hint_count(steps, fraction) == given
-
-
-def test_hint_prefix_gives_the_first_steps_one_per_line():
-    assert hint_prefix("a = 1\nb = 2\nc = 3\nd = 4", 0.5) == "a = 1\nb = 2\n"
-    assert hint_prefix("Only one step.", 0.5) == ""
+def test_hint_length(tokens, fraction, given):
+    assert hint_length(tokens, fraction) == given
 
 
 def test_refine_messages_put_the_critique_in_the_next_user_turn():

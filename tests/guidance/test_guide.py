@@ -165,10 +165,11 @@ def test_expert_and_hint_leave_an_example_without_a_solution_unguided(smol_token
 
 def test_hint_gives_a_prefix_the_student_continues(smol_tokenizer):
     s = _seq(smol_tokenizer, "3 + 4 = 8")
-    s.example = Example("a-3", "q", "q", "10", solution="3 + 4 = 7.\n7 + 3 = 10.")
+    s.example = Example("a-3", "q", "q", "10", solution="3 + 4 = 7, and 7 + 3 = 10.")
     (c,) = _guide(smol_tokenizer, "hint")([s], 0)
-    assert smol_tokenizer.decode(s.response_ids) == "3 + 4 = 7.\n"
+    solution = smol_tokenizer("3 + 4 = 7, and 7 + 3 = 10.", add_special_tokens=False)["input_ids"]
     n = len(s.response_ids)
+    assert s.response_ids == solution[:n] and n == round(len(solution) / 2)  # hint_fraction 0.5 of its tokens
     assert s.teacher_mask == [1] * n and s.no_loss == list(range(n))  # hint_loss=mask
     assert c == Continuation(s, s.prompt_ids + s.response_ids, replace=False) and s.opinion == "hint"
     shaped = _seq(smol_tokenizer, "x")

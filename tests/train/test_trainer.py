@@ -87,40 +87,14 @@ def test_grpo_baseline_never_guides(tmp_path):
 
 
 def _tiny_student(folder, tokenizer) -> str:
-    """A 2-layer Llama over SmolLM2's vocabulary whose next-token distribution barely depends on context.
+    """A 2-layer Llama whose next-token distribution barely depends on context (models/tiny.py): " the" is the
+    likeliest token (greedy teachers write a non-empty reason of it), end-of-turn comes second with p ~ 0.1 (sampled
+    rollouts end, and so are eligible for guidance, at a known rate)."""
+    from thinktuning.models.tiny import save_tiny_llama
 
-    Near-zero attention/MLP output projections keep the residual stream close to the token embedding; one
-    embedding dimension is constant 1 and the final norm keeps only it, so the logits are (almost) a fixed
-    vector that we choose: " the" is the likeliest token (greedy teachers write a non-empty reason of it),
-    end-of-turn comes second with p ~ 0.1 (sampled rollouts end, and so are eligible for guidance, at a
-    known rate). Its 2,048-position context holds the teacher's ~1,000-token instructions plus a case: the
-    trainer refuses lengths that overflow a model's context.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.mul_(0.01)
-            layer.mlp.down_proj.weight.mul_(0.01)
-        model.model.embed_tokens.weight[:, 0] = 1.0
-        model.model.norm.weight.zero_()
-        model.model.norm.weight[0] = 1.0
-        # the final norm's input has rms ~ 1/sqrt(32) (the constant 1 dominates), so h_0 ~ 5.6: divide by it
-        scale = 1 / 5.6
-        model.lm_head.weight[:, 0] = torch.randn(len(tokenizer)) * 0.1 * scale
-        the = tokenizer(" the", add_special_tokens=False)["input_ids"][0]
-        model.lm_head.weight[the, 0] = 10.0 * scale  # p ~ e^10 / (e^10 + e^9 + 49k) ~ 0.28
-        model.lm_head.weight[2, 0] = 9.0 * scale  # end-of-turn, p ~ 0.10
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    the = tokenizer(" the", add_special_tokens=False)["input_ids"][0]
+    # p(the) ~ e^10 / (e^10 + e^9 + 49k) ~ 0.28, p(end-of-turn) ~ 0.10
+    return str(save_tiny_llama(folder, tokenizer, {the: 10.0, 2: 9.0}))
 
 
 @pytest.fixture(scope="module")

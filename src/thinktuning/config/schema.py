@@ -168,10 +168,10 @@ class GuidanceConfig:
     after the student's response (the paper). ``expert`` (LUFFY-style): the example's worked solution replaces it,
     off-policy. ``refine`` (Critique-GRPO-style): the teacher's reason is a critique, the student writes a refined
     answer with it in context, and the refinement replaces the rollout. ``hint`` (prefix-hint methods): the first
-    ``hint_fraction`` of the worked solution is given and the student continues it on-policy. Selection, schedule,
-    rewards, advantages, the loss and the report are the same for all four."""
+    ``hint_fraction`` of the worked solution's tokens is given and the student continues it on-policy. Selection,
+    schedule, rewards, advantages, the loss and the report are the same for all four."""
     hint_fraction: float = 0.5
-    """``hint``: the share of the worked solution's lines given as the prefix (at least one line, never all)."""
+    """``hint``: the share of the worked solution's tokens given as the prefix (at least one token, never all)."""
     hint_loss: Literal["mask", "shaped"] = "mask"
     """``hint``: the given prefix carries no loss (``mask``) or is trained with the shaped objective (``shaped``)."""
     schedule: Literal["linear", "constant", "cosine"] = "linear"

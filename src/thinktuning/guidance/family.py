@@ -5,7 +5,6 @@ or refine (docs/guidance-family.md). ThinkTuning's own splice is :func:`thinktun
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 from thinktuning.teacher.prompt import CLOSING, has_final_answer
@@ -20,29 +19,12 @@ def expert_text(solution: str, answer: str) -> str:
     return f"{text}\n{CLOSING}{answer}}}."
 
 
-def solution_steps(solution: str) -> list[str]:
-    """The solution's steps: its non-empty lines, or its sentences when it is one line."""
-    lines = [line.strip() for line in solution.strip().splitlines() if line.strip()]
-    if len(lines) > 1:
-        return lines
-    text = lines[0] if lines else ""
-    return [part for part in re.split(r"(?<=[.!?])\s+", text) if part]
-
-
-def hint_count(steps: int, fraction: float) -> int:
-    """How many of ``steps`` the hint gives: ``round(steps * fraction)``, at least one and never all of them (the
-    student must write something); 0 for a one-step solution, which cannot be split."""
-    if steps < 2:
+def hint_length(tokens: int, fraction: float) -> int:
+    """How many of a worked solution's ``tokens`` the hint gives: ``round(tokens * fraction)``, at least one and never
+    all of them (the student must write something); 0 for a solution of one token, which cannot be split."""
+    if tokens < 2:
         return 0
-    return min(steps - 1, max(1, math.floor(steps * fraction + 0.5)))
-
-
-def hint_prefix(solution: str, fraction: float) -> str:
-    """The first ``hint_count`` steps of the worked solution, one per line, ending in a newline for the student to
-    continue from; "" when the solution cannot be split."""
-    steps = solution_steps(solution)
-    k = hint_count(len(steps), fraction)
-    return "".join(f"{s}\n" for s in steps[:k])
+    return min(tokens - 1, max(1, math.floor(tokens * fraction + 0.5)))
 
 
 REFINE_REQUEST = ("Here is feedback on your answer:\n{critique}\n\nUsing it, solve the problem again from the start, "

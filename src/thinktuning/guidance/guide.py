@@ -154,11 +154,11 @@ class Guide:
         """Prefix hints: the first part of the worked solution, then the student continues on-policy."""
         out = []
         for s in self._with_solution(chosen):
-            prefix = family.hint_prefix(s.example.solution or "", self.guidance.hint_fraction)
-            if not prefix:
-                s.no_feedback, s.teacher_error = True, "the worked solution has one step: nothing to give as a hint"
+            solution = self._ids((s.example.solution or "").strip())
+            ids = solution[: family.hint_length(len(solution), self.guidance.hint_fraction)]
+            if not ids:
+                s.no_feedback, s.teacher_error = True, "the worked solution is one token: nothing to give as a hint"
                 continue
-            ids = self._ids(prefix)
             self._replace(s, ids, [1] * len(ids), opinion="hint")
             if self.guidance.hint_loss == "mask":
                 s.no_loss = list(range(len(ids)))
