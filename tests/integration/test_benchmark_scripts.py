@@ -32,18 +32,31 @@ def test_step_time_takes_medians_per_variant_and_ratios_against_the_faster_trl(c
     st = _module("step_time")
     table = st.summarize({
         "trl": [_row(60, 30, 30), _row(70, 30, 40), _row(80, 30, 50)],
-        "trl-nogc": [_row(40, 20, 20), _row(50, 25, 25), _row(45, 20, 25)],
-        "tt-grpo": [_row(10, 8, 2), _row(30, 9, 21), _row(12, 9, 3)],
-        "tt-guided": [],
+        "trl-nogc@bf16": [_row(40, 20, 20), _row(50, 25, 25), _row(45, 20, 25)],
+        "tt-grpo-noskip": [_row(10, 8, 2), _row(30, 9, 21), _row(12, 9, 3)],
+        "tt-guided": [_row(18, 9, 9)],
+        "tt-guided@bf16": [_row(9, 4, 5)],
+        "tt-grpo": [],
     })
-    assert table["trl"]["step"] == 70 and table["trl-nogc"]["step"] == 45 and table["tt-grpo"]["step"] == 12
-    assert table["tt-grpo"]["update"] == 3 and table["tt-grpo"]["n"] == 3
-    assert "tt-guided" not in table  # no rows, no line
+    assert table["trl"]["step"] == 70 and table["trl-nogc@bf16"]["step"] == 45
+    assert table["tt-grpo-noskip"]["update"] == 3 and table["tt-grpo-noskip"]["n"] == 3
+    assert "tt-grpo" not in table  # no rows, no line
     st.print_table(table)
-    out = capsys.readouterr().out
-    assert "| tt-grpo | 3 | 12.0 |" in out
-    assert "0.27x" in out  # 12 / 45: against the faster TRL variant
-    assert "3.75x" in out  # 45 / 12
+    lines = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert lines["tt-grpo-noskip"].startswith("| tt-grpo-noskip | 3 | 12.0 |")
+    assert "| 0.27x | 1.00x |" in lines["tt-grpo-noskip"]  # 12 / 45: against TRL's fastest, whatever its precision
+    assert "| 0.40x | 1.50x |" in lines["tt-guided"]  # 18 / 45, and 18 / 12: the plain step at the same precision
+    assert lines["tt-guided@bf16"].endswith("| 0.20x | - |")  # no bf16 plain step to compare with
+    assert "| 1.56x | - |" in lines["trl"]  # 70 / 45
+
+
+def test_step_time_refuses_an_unknown_variant() -> None:
+    st = _module("step_time")
+    assert st.split_variant("tt-guided@bf16") == ("tt-guided", True)
+    with pytest.raises(SystemExit, match="tt-guidd"):
+        st.split_variant("tt-guidd")
+    with pytest.raises(SystemExit, match="@fp16"):
+        st.split_variant("trl@fp16")
 
 
 @pytest.mark.slow
@@ -55,11 +68,12 @@ def test_rollout_throughput_runs_on_the_embedded_model() -> None:
     ).stdout
     assert "ceiling" in out
     rows = [line for line in out.splitlines() if line.startswith("| thinktuning sample") or line.startswith("| bare")]
-    assert len(rows) == 3  # ours, ours with the batch kept whole, bare generate
-    for row in rows[:2]:
+    assert len(rows) == 4  # ours, ours under bf16 autocast, ours with the batch kept whole, bare generate
+    for row in rows[:3]:
         cells = row.split("|")
         assert float(cells[3]) > 0  # tokens/s
-        assert float(cells[6]) < 1e-3  # the sampler's log-probs agree with the trainer's
+        # the sampler's log-probs agree with the trainer's (in bf16: with its autocast forward, to bf16 rounding)
+        assert float(cells[6]) < (0.1 if "bf16" in row else 1e-3)
 
 
 @pytest.mark.slow
