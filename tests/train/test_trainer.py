@@ -71,6 +71,26 @@ def test_one_guided_step_end_to_end(tmp_path):
         assert r["reward"] == 1.0
 
 
+@pytest.mark.parametrize("preset", ["cpu-expert", "cpu-hint", "cpu-refine"])
+def test_each_guidance_mode_runs_two_steps_on_the_embedded_model(tmp_path, preset):
+    """The family's presets on SmolLM2-135M itself: 2 real steps, guided rollouts of the mode's kind, finite loss."""
+    small = [*SMALL, "rollout.max_new_tokens=32", "data.levels=[2]"]  # level 2: multi-token worked solutions
+    cfg = load_config(preset, [*small, *FORCE_GUIDANCE], output_dir=str(tmp_path / "run"), max_steps=2)
+    trainer = ThinkTuningTrainer(cfg)
+    history = trainer.train()
+    assert len(history) == 2 and all(math.isfinite(m["loss"]) for m in history)
+    guided = [r for r in read_jsonl(tmp_path / "run" / "rollouts.jsonl") if r["guided"]]
+    assert guided, f"{preset}: forced guidance guided nothing"
+    if preset == "cpu-expert":  # the worked solution, boxed: every expert trace is correct; no teacher loaded
+        assert trainer.teacher is None and all(r["reward"] == 1.0 and r["opinion"] == "expert" for r in guided)
+    if preset == "cpu-hint":  # the hint, then the student's own tokens
+        assert trainer.teacher is None
+        assert all(r["opinion"] == "hint" and r["teacher_span"][0] == 0 for r in guided)
+        assert any(r["teacher_span"][1] < len(r["response"]) for r in guided)
+    if preset == "cpu-refine":  # the student's refinement after the scripted teacher's critique
+        assert all(r["teacher_span"] is None and "<reason>" in r["teacher_raw"] for r in guided)
+
+
 def test_grpo_baseline_never_guides(tmp_path):
     cfg = load_config("grpo-baseline", SMALL, output_dir=str(tmp_path / "run"), max_steps=1)
     trainer = ThinkTuningTrainer(cfg)
