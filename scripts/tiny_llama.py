@@ -4,8 +4,8 @@
 
 Used by ``scripts/reproduce_paper.sh --dry-run`` to run the paper's pipeline end to end on a CPU: a 2-layer
 ``LlamaForCausalLM`` from a config (src/thinktuning/models/tiny.py: its rollouts end at a known rate, so some are
-guided, and as the teacher it writes non-empty fields), with the embedded SmolLM2 tokenizer (a Llama-architecture tokenizer with a chat template; the real
-Llama-3.2 tokenizer needs the hub).
+guided, and as the teacher it writes non-empty fields), with the embedded SmolLM2 tokenizer (a Llama-architecture
+tokenizer with a chat template; the real Llama-3.2 tokenizer needs the hub).
 """
 
 from __future__ import annotations

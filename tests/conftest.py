@@ -43,18 +43,31 @@ def _one_torch_thread_for_tiny_models(request):
         torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True)
-def _precision_auto_as_without_bf16(request, monkeypatch):
+_REAL_CPU_BF16_SUPPORT = None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _precision_auto_as_without_bf16():
     """In-process tests give the same numbers on every CPU: ``model.dtype=auto`` resolves as on a CPU without bf16
-    arithmetic (float32), whatever this one has. Tests of the bf16 path set ``bfloat16`` explicitly; tests of the
-    rule itself (``tests/models/test_precision.py``) mark themselves ``real_precision`` to see the real query."""
-    if request.node.get_closest_marker("real_precision"):
-        yield
-        return
+    arithmetic (float32), whatever this one has. Session-wide, so that module-scoped fixtures that train see it too.
+    Tests of the bf16 path set ``bfloat16`` explicitly; a test of the rule itself asks for ``real_cpu_bf16_support``.
+    Subprocesses (the CLI, DDP, the wheel) see the real CPU."""
+    global _REAL_CPU_BF16_SUPPORT
     from thinktuning.models import precision
 
-    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (False, "tests: bf16 treated as absent"))
-    yield
+    _REAL_CPU_BF16_SUPPORT = precision.cpu_bf16_support
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(precision, "cpu_bf16_support", lambda: (False, "tests: bf16 treated as absent"))
+        yield
+
+
+@pytest.fixture
+def real_cpu_bf16_support(monkeypatch):
+    """This machine's real answer, for the test that checks it (conftest replaces it for every other test)."""
+    from thinktuning.models import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_support", _REAL_CPU_BF16_SUPPORT)
+    return _REAL_CPU_BF16_SUPPORT
 
 
 @pytest.fixture(scope="session")

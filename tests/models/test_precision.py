@@ -60,8 +60,7 @@ def test_auto_on_another_device_is_float32():
     assert choose_precision("auto", "meta").dtype == "float32"
 
 
-@pytest.mark.real_precision
-def test_this_machines_answer_is_consistent_with_what_it_reports():
+def test_this_machines_answer_is_consistent_with_what_it_reports(real_cpu_bf16_support):
     native, what = precision.cpu_bf16_support()
     assert what.startswith(f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     p = choose_precision("auto", "cpu")

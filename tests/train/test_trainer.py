@@ -137,7 +137,9 @@ def _tiny_cfg(student: str, run, extra=()):
 
 def _comparable(history):
     """Metrics without timings, NaN (a metric not computed that step) made comparable with itself."""
-    drop = ("time/", "reward/checker_timeouts", "teacher/cache_")  # the cache counters: per process
+    # the cache counters are per process; the teacher's time and tokens count only the answers it was asked for, so
+    # a resumed run whose cache answers them differs there by design
+    drop = ("time/", "reward/checker_timeouts", "teacher/cache_", "teacher/ms", "teacher/tokens_", "teacher/cost")
     return [{k: "nan" if isinstance(v, float) and math.isnan(v) else v for k, v in m.items()
              if not k.startswith(drop)} for m in history]
 
@@ -219,7 +221,9 @@ def test_skipping_zero_advantage_rows_leaves_the_update_unchanged(tmp_path, tiny
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     for name, tensor in w_skip.items():
-        assert torch.allclose(tensor, w_all[name], atol=1e-6), name
+        # float noise from other micro-batch shapes, which AdamW can magnify on near-zero gradients (measured 1.1e-6
+        # on one weight): 1e-5 is still 100x below one AdamW step at this lr (1e-3)
+        assert torch.allclose(tensor, w_all[name], atol=1e-5), (name, float((tensor - w_all[name]).abs().max()))
 
 
 @pytest.mark.slow

@@ -63,13 +63,13 @@ class Progress:
 
     def start(self, first_step: int, where: str = "", details: tuple[str, ...] = ()) -> None:
         """``first_step``: steps already done (0, or the resumed checkpoint's step); ``details``: lines printed under
-        the first (e.g. the precision chosen and why)."""
+        the first (e.g. the precision chosen and why), except when quiet (run.json has them)."""
         self.started = self.clock()
         self.first_step = first_step
         resumed = f" (resuming after step {first_step})" if first_step else ""
         self._println(f"training steps {first_step + 1}..{self.total} of {self.total}{resumed}"
                       + (f" -> {where}" if where else ""))
-        for line in details:
+        for line in () if self.quiet else details:
             self._println(f"  {line}")
 
     def eta(self) -> float | None:
