@@ -27,6 +27,8 @@ from thinktuning.rewards.answers import boxed_answers, extract_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "grpo"
+FORMAT_BASELINE = "grpo-format"
+"""GRPO with a reward for a boxed number: the baseline that also gets a format signal (fair on the paper rule)."""
 
 
 def load(path: Path):
@@ -100,25 +102,27 @@ def fmt(values: list[float]) -> str:
 def arm_table(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
     arms = [a for a in ("zero-shot", "grpo", "grpo-format", "tt-scripted-const", "tt-scripted-paper",
                         "tt-scripted-const-luffy", "tt-scripted-const-skip", "tt-model-const") if a in by_arm]
+    baselines = [b for b in (BASELINE, FORMAT_BASELINE) if b in by_arm]
     head = ["arm", "seeds", *[name for _, name in GREEDY_KEYS], "pass@4 (100 items, T=1)",
-            f"Δ acc vs {BASELINE} [95% CI], paper rule", f"Δ acc vs {BASELINE} [95% CI], lenient rule"]
+            *[f"Δ acc vs {b} [95% CI], {which} rule" for b in baselines for which in ("paper", "lenient")]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in arms:
         ps = by_arm[arm]
         cells = [labels[arm], str(len(ps))]
         cells += [fmt([p["greedy"][k] for p in ps]) for k, _ in GREEDY_KEYS]
         cells.append(fmt([p["pass4"][f"pass@4 {rule}"] for p in ps if "pass4" in p]))
-        for which in ("paper", "lenient"):
-            if arm == BASELINE or BASELINE not in by_arm:
-                cells.append("–")
-                continue
-            ids = sorted(set.intersection(*(set(p["items"]) for p in by_arm[arm] + by_arm[BASELINE])))
-            a = [[sum(r[which] for r in p["items"][i]) / len(p["items"][i]) for i in ids] for p in ps]
-            b = [[sum(r[which] for r in p["items"][i]) / len(p["items"][i]) for i in ids] for p in by_arm[BASELINE]]
-            d, lo, hi = paired_bootstrap(a, b)
-            cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + ("*" if significant(lo, hi) else ""))
+        cells += [delta(ps, by_arm[b], which) if arm != b else "–" for b in baselines for which in ("paper", "lenient")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def delta(arm: list[dict], base: list[dict], which: str) -> str:
+    """The arm's accuracy minus the baseline's under rule ``which``: paired bootstrap over shared items and seeds."""
+    ids = sorted(set.intersection(*(set(p["items"]) for p in arm + base)))
+    a = [[sum(r[which] for r in p["items"][i]) / len(p["items"][i]) for i in ids] for p in arm]
+    b = [[sum(r[which] for r in p["items"][i]) / len(p["items"][i]) for i in ids] for p in base]
+    d, lo, hi = paired_bootstrap(a, b)
+    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + ("*" if significant(lo, hi) else "")
 
 
 def curves(rollouts: list[dict]) -> dict[str, list[float]]:
