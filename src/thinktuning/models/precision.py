@@ -13,6 +13,7 @@ reports, and recorded with its reason. What runs in the chosen precision (docs/p
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -45,6 +46,14 @@ class Precision:
 
     def as_dict(self) -> dict[str, str]:
         return {"requested": self.requested, "dtype": self.dtype, "reason": self.reason}
+
+
+def compute_context(device_type: str, dtype: torch.dtype):
+    """Where the student computes: under autocast in ``dtype`` below float32, as is otherwise (the update's forwards
+    and the transformers sampler both enter this, so they round alike)."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype)
 
 
 def cpu_bf16_support() -> tuple[bool | None, str]:

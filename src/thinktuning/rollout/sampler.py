@@ -8,12 +8,12 @@ position ids so padding does not shift positions, a KV cache, stop at end-of-tur
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
 
 from thinktuning.config.schema import RolloutConfig
+from thinktuning.models.precision import compute_context
 from thinktuning.rollout.decoding import buffered_cache, decode_linears, draw, fill_holes, top_p_filter
 from thinktuning.rollout.types import Rollout
 from thinktuning.tensors import left_pad, positions_from_mask
@@ -136,9 +136,7 @@ class TransformersEngine:
     def sample(self, prompts: Sequence[Sequence[int]], seed: int) -> list[Rollout]:
         r = self.cfg
         model = self.model_fn()
-        device_type = next(model.parameters()).device.type
-        lower = contextlib.nullcontext() if self.exact_logprobs else torch.autocast(device_type, self.compute_dtype)
-        with lower:
+        with compute_context(next(model.parameters()).device.type, self.compute_dtype):
             return sample(
                 model, prompts, max_new_tokens=r.max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
                 temperature=r.temperature, top_p=r.top_p, generator=torch.Generator().manual_seed(seed),

@@ -136,7 +136,7 @@ class ModelTeacher:
         session = DecodeSession(self.model, len(cases), self.pad_id, prefix_cache if shared else None)
         fed = [self._ids(t[len(prefix_text):] if shared else t) for t in texts]
         session.feed(fed)
-        self.stats["tokens_in"] += sum(map(len, fed)) + (len(self._ids(prefix_text)) * len(cases) if shared else 0)
+        self.stats["tokens_in"] += sum(map(len, fed)) + (prefix_cache[1] * len(cases) if shared else 0)
         # 1. opinion: the likelier of the two words, so it is always valid
         pick = session.last_logits[:, self._opinion_ids].argmax(-1).tolist()
         opinions = ["correct" if k == 0 else "incorrect" for k in pick]

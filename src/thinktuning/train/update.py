@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from thinktuning.config.schema import LossConfig, OptimConfig, RolloutConfig
+from thinktuning.models.precision import compute_context
 from thinktuning.objective.importance import batch_importance_weights, mismatch_metrics
 from thinktuning.objective.loss import METRIC_NAMES, combine_micro_batches, policy_loss
 from thinktuning.rollout.types import Trajectory
@@ -43,9 +44,7 @@ class Update:
     def _forward_precision(self):
         """The student's forward passes run under autocast below float32 (its weights and gradients stay float32,
         the AdamW master copy); the backward is outside it, as autocast asks."""
-        if self.compute_dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.accelerator.device.type, dtype=self.compute_dtype)
+        return compute_context(self.accelerator.device.type, self.compute_dtype)
 
     def __call__(self, trajs: list[Trajectory]) -> dict[str, float]:
         cfg_o, cfg_l = self.optim, self.loss
