@@ -101,7 +101,8 @@ def fmt(values: list[float]) -> str:
 
 def arm_table(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
     arms = [a for a in ("zero-shot", "grpo", "grpo-format", "tt-scripted-const", "tt-scripted-paper",
-                        "tt-scripted-const-luffy", "tt-scripted-const-skip", "tt-model-const") if a in by_arm]
+                        "tt-scripted-const-luffy", "tt-scripted-const-skip", "tt-model-const", "family-expert",
+                        "family-hint", "family-refine") if a in by_arm]
     baselines = [b for b in (BASELINE, FORMAT_BASELINE) if b in by_arm]
     head = ["arm", "seeds", *[name for _, name in GREEDY_KEYS], "pass@4 (100 items, T=1)",
             *[f"Δ acc vs {b} [95% CI], {which} rule" for b in baselines for which in ("paper", "lenient")]]

@@ -65,6 +65,15 @@ ARMS: dict[str, tuple[str | None, list[str], str]] = {
     "tt-scripted-const-skip": ("cpu-scripted", ["loss.shaping=aas", *CONSTANT, "guidance.boundary=skip"],
                                "ThinkTuning, scripted teacher, constant schedule, splice boundary not trained "
                                "(our variant)"),
+    # the guidance family (issue 17): the same pinned settings and constant schedule, another guide in place of the
+    # teacher's reason; expert and hint load no teacher, refine asks the scripted one for its critique
+    "family-expert": ("cpu-expert", ["loss.shaping=luffy", *CONSTANT],
+                      "guidance family: expert solution replaces a rollout (LUFFY-style, luffy shaping)"),
+    "family-hint": ("cpu-hint", ["loss.shaping=aas", *CONSTANT, "guidance.hint_fraction=0.5",
+                                 "guidance.hint_loss=mask"],
+                    "guidance family: half the worked solution as a hint, student continues"),
+    "family-refine": ("cpu-refine", ["loss.shaping=aas", *CONSTANT],
+                      "guidance family: scripted critique, student refines (Critique-GRPO-style)"),
     "grpo-format": ("grpo-baseline", ["loss.shaping=aas",
                                       "reward.functions=[experiments/format_reward.py:boxed_number]"],
                     "GRPO + boxed-number format reward (our skeptic's baseline)"),
@@ -74,6 +83,9 @@ RULES = {"paper": "none", "lenient": "last_number"}
 
 FIRST = ["zero-shot", "grpo", "tt-scripted-const", "tt-model-const", "grpo-format"]
 THEN = ["tt-scripted-paper", "tt-scripted-const-luffy", "tt-scripted-const-skip"]
+FAMILY = ["family-expert", "family-hint", "family-refine"]
+"""Issue 17's side-by-side run of the guidance family, after issue 15's pieces; compared with ``tt-scripted-const``
+(ThinkTuning with the same scripted teacher and schedule) and the two GRPO baselines."""
 
 
 def budget_order(seeds: int = 3) -> list[str]:
@@ -90,6 +102,8 @@ def budget_order(seeds: int = 3) -> list[str]:
         out += [f"lenient/{a}/{s}" for a in ("grpo", "tt-scripted-const")]
     for s in range(seeds, 5):
         out += [f"paper/{a}/{s}" for a in ("grpo", "tt-scripted-const")]
+    for s in range(seeds):
+        out += [f"paper/{a}/{s}" for a in FAMILY]
     return out
 
 
