@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from thinktuning.rollout.vllm import checkpoint_weights, to_rollouts
+from thinktuning.rollout.vllm import checkpoint_weights, engine_args, to_rollouts
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -40,6 +40,20 @@ def test_to_rollouts_marks_finished_by_end_of_turn() -> None:
     assert rs[0].prompt_ids == [1, 2] and rs[1].logprobs == [-1.0, -2.0]
     with pytest.raises(RuntimeError, match="log-probs"):
         to_rollouts([[1]], [([4, 9], [-0.1])], eos_id=9)
+
+
+def test_engine_args_size_the_kv_cache_explicitly_on_cpu_and_by_share_on_a_gpu() -> None:
+    """The set-up training rollouts and ``eval --backend vllm`` share: an explicit dtype (never vLLM's auto), 1 GiB
+    of KV cache on CPU unless given, a share of the GPU otherwise; no max_model_len means the model's own."""
+    cpu = engine_args("m", seed=3, dtype="bfloat16", max_model_len=None, device_type="cpu")
+    assert cpu["kv_cache_memory_bytes"] == 2**30 and "gpu_memory_utilization" not in cpu
+    assert cpu["dtype"] == "bfloat16" and cpu["enforce_eager"] and "max_model_len" not in cpu and cpu["seed"] == 3
+    assert engine_args("m", seed=0, dtype="float32", max_model_len=64, device_type="cpu",
+                       kv_cache_gb=0.25)["kv_cache_memory_bytes"] == 2**28
+    gpu = engine_args("m", seed=0, dtype="bfloat16", max_model_len=640, device_type="cuda",
+                      gpu_memory_utilization=0.3, sleep=True)
+    assert gpu["gpu_memory_utilization"] == 0.3 and "kv_cache_memory_bytes" not in gpu
+    assert gpu["max_model_len"] == 640 and not gpu["enforce_eager"] and gpu["enable_sleep_mode"]
 
 
 def test_policy_loss_token_weight_scales_each_tokens_gradient() -> None:

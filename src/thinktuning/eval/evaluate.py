@@ -271,6 +271,8 @@ def run_eval(req: EvalRequest, log: Callable[[str], None] = lambda s: None) -> d
                 raise ConfigError(f"the longest prompt ({longest} tokens) plus --max-new-tokens "
                                   f"{req.settings.max_new_tokens} exceeds the model's context of {limit} tokens; "
                                   "lower --max-new-tokens")
+            if hasattr(generator, "reserve"):  # engines that size a cache for the longest sequence (vllm)
+                generator.reserve(longest + req.settings.max_new_tokens)
         results = evaluate(generator, benches, req.settings, info, log,
                            on_partial=lambda r: write_json(out, scrub_tree(r, scrub)))
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from thinktuning.eval.settings import BACKEND_NAMES, EvalSettings
 from thinktuning.openai_client import Completion, OpenAIClient
@@ -106,13 +106,21 @@ class VLLMGenerator:
 
     name = "vllm"
 
-    def __init__(self, llm, tokenizer, *, context: int | None, seed: int = 0,
+    def __init__(self, start: Callable[[int | None], Any], tokenizer, *, context: int | None, seed: int = 0,
                  progress: Callable[[str], None] | None = None) -> None:
         from thinktuning.models.load import end_of_turn_id
 
-        self.llm, self.tokenizer, self.context, self.seed = llm, tokenizer, context, seed
+        self._start, self.tokenizer, self.context, self.seed = start, tokenizer, context, seed
+        self.llm: Any = None
         self.eos_id = end_of_turn_id(tokenizer)
         self.progress = progress
+
+    def reserve(self, max_len: int) -> None:
+        """Start the engine for sequences of at most ``max_len`` tokens (the longest prompt plus the response
+        budget): vLLM sizes its KV cache to hold at least one sequence of its maximum length, and a model's own
+        context (8,192 for SmolLM2) would not fit a small CPU cache."""
+        if self.llm is None:
+            self.llm = self._start(max_len)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         from thinktuning.models.load import encode_user_turns
@@ -127,6 +135,7 @@ class VLLMGenerator:
         from vllm import SamplingParams
 
         ids = self.encode(prompts)
+        self.reserve(max(map(len, ids), default=0) + max_new_tokens)  # run_eval reserves for all benchmarks first
         sampling = {"temperature": 0.0} if greedy else {"temperature": temperature, "top_p": top_p}
         out: list[list[Generation]] = [[] for _ in ids]
         for k in range(n):  # one pass per sample index: progress per pass, and seeds independent of n
@@ -145,7 +154,7 @@ class VLLMGenerator:
         return out
 
     def close(self) -> None:
-        self.llm = None
+        self.llm = self._start = None  # the engine, and the merged LoRA weights the start-up holds
 
 
 def _transformers_backend(resolved, settings: EvalSettings, progress: Callable[[str], None] | None) -> Generator:
@@ -176,13 +185,16 @@ def _vllm_backend(resolved, settings: EvalSettings, progress: Callable[[str], No
     merged = load_model(resolved, settings.dtype) if is_adapter_dir(resolved.path) else None
     path = merged.name_or_path if merged is not None else resolved.path
     context = context_limit(merged.config if merged is not None else AutoConfig.from_pretrained(path))
-    llm = vllm.LLM(**engine_args(path, seed=settings.seed, dtype=settings.dtype, max_model_len=context,
-                                 device_type=device_type, kv_cache_gb=settings.vllm_kv_cache_gb))
-    if merged is not None:
-        load_weights(llm, merged, llm.llm_engine.model_config.dtype)
-        llm.reset_prefix_cache()
-        del merged
-    return VLLMGenerator(llm, tokenizer, context=context, seed=settings.seed, progress=progress)
+
+    def start(max_len: int | None):
+        llm = vllm.LLM(**engine_args(path, seed=settings.seed, dtype=settings.dtype, max_model_len=max_len,
+                                     device_type=device_type, kv_cache_gb=settings.vllm_kv_cache_gb))
+        if merged is not None:
+            load_weights(llm, merged, llm.llm_engine.model_config.dtype)
+            llm.reset_prefix_cache()
+        return llm
+
+    return VLLMGenerator(start, tokenizer, context=context, seed=settings.seed, progress=progress)
 
 
 def _openai_backend(model_name: str, settings: EvalSettings, progress: Callable[[str], None] | None) -> Generator:
