@@ -1,6 +1,10 @@
 """GPU check of the vLLM rollout backend against the transformers one (driven by benchmarks/gpu_check.sh).
 
-    python benchmarks/gpu_check.py [--steps 3] [--backends transformers,vllm] [--dry-run] [--out DIR]
+    python benchmarks/gpu_check.py [--steps 3] [--backends transformers,vllm,transformers-gc] [--dry-run] [--out DIR]
+
+It also trains once with gradient checkpointing (``transformers-gc``), for its peak memory and step time: the table's
+``peak GB`` is ``torch.cuda.max_memory_allocated`` on a GPU (the process's peak RSS on CPU). bf16 training is what
+every GPU run does (``model.dtype=bfloat16``).
 
 1. Builds a random-weight Qwen2 (~0.4B: Qwen2.5-0.5B's shape with SmolLM2's 49,152-token vocabulary) from its
    config, no download, and saves it as a HF folder with the embedded SmolLM2 tokenizer, so both backends load
@@ -58,8 +62,15 @@ def build_model(folder: Path, dry_run: bool, tokenizer: str | None = None) -> in
     return sum(p.numel() for p in model.parameters())
 
 
+RUNS = ("transformers", "vllm", "transformers-gc")
+"""What ``--backends`` can name: a rollout backend, or ``transformers-gc`` (transformers rollouts with
+``model.gradient_checkpointing=true``: its peak memory and step time against ``transformers``)."""
+
+
 def run_one(backend: str, model_dir: str, out: Path, steps: int, dry_run: bool) -> dict:
     """Train ``steps`` steps with one rollout backend in this process; return what the checks and table need."""
+    import resource
+
     import torch
 
     from thinktuning import ThinkTuningTrainer, load_config
@@ -67,7 +78,8 @@ def run_one(backend: str, model_dir: str, out: Path, steps: int, dry_run: bool) 
     small = dry_run or not torch.cuda.is_available()
     sets = [
         f"model.student={model_dir}", f"model.dtype={'float32' if small else 'bfloat16'}",
-        f"rollout.backend={backend}", "rollout.temperature=1.0",
+        f"rollout.backend={backend.removesuffix('-gc')}", "rollout.temperature=1.0",
+        f"model.gradient_checkpointing={str(backend.endswith('-gc')).lower()}",
         f"rollout.prompts_per_step={2 if small else 8}", f"rollout.group_size={2 if small else 8}",
         f"rollout.max_new_tokens={8 if small else 256}", "rollout.max_prompt_length=192",
         f"rollout.batch_size={4 if small else 64}", f"optim.micro_batch_size={4 if small else 16}",
@@ -81,14 +93,18 @@ def run_one(backend: str, model_dir: str, out: Path, steps: int, dry_run: bool) 
         sets.append("rollout.vllm_kv_cache_gb=0.25")
     cfg = load_config("cpu-demo", sets, output_dir=str(out / backend), max_steps=steps)
     trainer = ThinkTuningTrainer(cfg, overwrite=True)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     history = trainer.train()
+    peak_gb = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()  # else the process's high-water RSS
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
     rollouts = [json.loads(line) for line in (out / backend / "rollouts.jsonl").read_text().splitlines()]
     n_seq = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     return {
         "backend": backend, "history": history, "rollouts": rollouts, "n_seq": n_seq,
         "max_new_tokens": cfg.rollout.max_new_tokens, "max_feedback_tokens": cfg.teacher.max_feedback_tokens,
         "engine_start_s": getattr(trainer.engine, "start_s", None),
-        "device": str(trainer.accelerator.device),
+        "device": str(trainer.accelerator.device), "peak_gb": peak_gb,
     }
 
 
@@ -122,7 +138,7 @@ def check(res: dict, logprob_tol: float) -> list[str]:
 def table(results: list[dict]) -> str:
     """Rollout tokens/s and times per backend (the first step is shown apart: it includes warm-up)."""
     rows = [("backend", "device", "steps", "rollout tok/s", "generate s/step", "step s (mean)", "step s (first)",
-             "logprob |diff|", "engine start s")]
+             "logprob |diff|", "engine start s", "peak GB")]
     for res in results:
         hist = res["history"]
         later = hist[1:] or hist
@@ -134,6 +150,7 @@ def table(results: list[dict]) -> str:
             f"{gen / len(later):.2f}", f"{sum(m['time/step'] for m in later) / len(later):.2f}",
             f"{hist[0]['time/step']:.2f}", f"{sum(diffs) / len(diffs):.1e}" if diffs else "-",
             f"{res['engine_start_s']:.0f}" if res["engine_start_s"] else "-",
+            f"{res['peak_gb']:.1f}" if res.get("peak_gb") else "-",
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
@@ -142,7 +159,7 @@ def table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--backends", default="transformers,vllm")
+    ap.add_argument("--backends", default=",".join(RUNS), help=f"any of {', '.join(RUNS)}")
     ap.add_argument("--dry-run", action="store_true", help="tiny model, 1 step, CPU: check the script itself")
     ap.add_argument("--logprob-tol", type=float, default=None,
                     help="max mean |vLLM - trainer| log-prob (default 0.05 in bf16 on GPU, 1e-3 in float32)")
@@ -165,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     steps = 1 if args.dry_run else args.steps
     tol = args.logprob_tol or (1e-3 if args.dry_run else 0.05)
     backends = [b for b in args.backends.split(",") if b]
+    unknown = [b for b in backends if b not in RUNS]
+    if unknown:
+        print(f"gpu_check: unknown --backends {', '.join(unknown)}; choose among {', '.join(RUNS)}")
+        return 2
     if "vllm" in backends and importlib.util.find_spec("vllm") is None:
         if not args.dry_run:
             print("gpu_check: vLLM is not installed in this environment (pip install vllm)")
@@ -189,11 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         res = json.loads((out / f"{b}.json").read_text())
         results.append(res)
         problems[b] = check(res, tol)
-    if len(results) == 2:  # both backends log the same metrics (vLLM adds its own rollout/ and push keys)
+    if len(results) >= 2:  # all runs log the same metrics (vLLM adds its own rollout/ and push keys)
         extra = {"rollout/logprob_abs_diff", "rollout/is_weight_mean", "time/weight_push"}
         keys = [set(r["history"][0]) - extra for r in results]
-        if keys[0] != keys[1]:
-            problems.setdefault("both", []).append(f"metric keys differ: {sorted(keys[0] ^ keys[1])}")
+        if any(k != keys[0] for k in keys):
+            odd = sorted(set.union(*keys) - set.intersection(*keys))
+            problems.setdefault("all", []).append(f"metric keys differ: {odd}")
     if results:
         print(table(results))
     failed = {b: p for b, p in problems.items() if p}

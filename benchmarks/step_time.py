@@ -10,8 +10,10 @@ completions in micro-batches of 8, AdamW at lr 1e-5. TRL's ``bf16`` default is s
 float32); its ``gradient_checkpointing`` default (on) is measured both ways, as ``trl`` and ``trl-nogc``.
 
 thinktuning variants: ``tt-grpo`` (guidance off, defaults), ``tt-grpo-noskip`` (``optim.skip_zero_advantage=false``:
-every row through forward and backward, as TRL does), ``tt-guided`` (25% of each group's finished rollouts guided,
-constant schedule), ``tt-grpo-vllm`` (student rollouts on vLLM in float32, weights pushed every step).
+every row through forward and backward, as TRL does), ``tt-grpo-gc`` (the same with
+``model.gradient_checkpointing=true``: its peak memory and update time against ``tt-grpo-noskip``), ``tt-guided``
+(25% of each group's finished rollouts guided, constant schedule), ``tt-grpo-vllm`` (student rollouts on vLLM in
+float32, weights pushed every step).
 
 Precision: a variant name may end in ``@bf16`` (``trl-nogc@bf16``: TRL's ``bf16=True``; ``tt-guided@bf16``:
 ``model.dtype=bfloat16``, i.e. autocast with float32 master weights, what ``auto`` picks on a CPU with AVX512-BF16 or
@@ -39,7 +41,7 @@ from pathlib import Path
 
 TRL_VERSION = "1.16.0"
 STEP = dict(prompts=2, group=8, max_new_tokens=128, micro_batch=8, lr=1e-5, seed=0)
-VARIANTS = ("trl", "trl-nogc", "tt-grpo", "tt-grpo-noskip", "tt-guided", "tt-grpo-vllm")
+VARIANTS = ("trl", "trl-nogc", "tt-grpo", "tt-grpo-noskip", "tt-grpo-gc", "tt-guided", "tt-grpo-vllm")
 TT_SETS = [
     f"rollout.prompts_per_step={STEP['prompts']}", f"rollout.group_size={STEP['group']}",
     f"rollout.max_new_tokens={STEP['max_new_tokens']}", f"optim.micro_batch_size={STEP['micro_batch']}",
@@ -68,8 +70,10 @@ def tt_child(variant: str, steps: int, warmup: int, out_dir: str, bf16: bool = F
     sets = [*TT_SETS, f"max_steps={steps + warmup}", f"output_dir={out_dir}",
             f"model.dtype={'bfloat16' if bf16 else 'float32'}"]
     sets += GUIDED_SETS if variant == "tt-guided" else ["guidance.enabled=false"]
-    if variant == "tt-grpo-noskip":  # every row through forward and backward, as TRL does
+    if variant in ("tt-grpo-noskip", "tt-grpo-gc"):  # every row through forward and backward, as TRL does
         sets.append("optim.skip_zero_advantage=false")
+    if variant == "tt-grpo-gc":  # activations recomputed in the backward instead of kept from the forward
+        sets.append("model.gradient_checkpointing=true")
     if variant == "tt-grpo-vllm":  # student rollouts on vLLM (float32, the trainer's dtype), weights pushed per step
         sets.append("rollout.backend=vllm")
     tr = ThinkTuningTrainer(load_config("cpu-demo", sets), overwrite=True)

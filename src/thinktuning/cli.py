@@ -73,7 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides, output_dir=args.output_dir, max_steps=args.max_steps,
                       seed=args.seed, quiet=True if args.quiet else None)
-    say = _Printer(args)
+    # with several processes (torchrun sets RANK) only the first one speaks, as the trainer's own progress does
+    say = _Printer(args, silent=os.environ.get("RANK", "0") != "0")
     say.scrub.learn(key_envs=[cfg.teacher.api_key_env], urls=[cfg.teacher.base_url, cfg.rollout.vllm_server_url])
     say(f"thinktuning train: preset={cfg.preset} student={cfg.model.student} data={cfg.data.name} "
         f"guidance={'on' if cfg.guidance.enabled else 'off'} -> {cfg.output_dir}")
@@ -100,11 +101,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 class _Printer:
     """``print`` through the run's scrubber (``args.scrub``; a fresh one when a command is called directly)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, silent: bool = False) -> None:
         self.scrub: Scrubber = getattr(args, "scrub", None) or Scrubber.from_environment()
+        self.silent = silent
 
     def __call__(self, text: str, file=None) -> None:
-        print(self.scrub(text), file=file or sys.stdout, flush=True)
+        if not self.silent:
+            print(self.scrub(text), file=file or sys.stdout, flush=True)
 
 
 def scrubber_for(args: argparse.Namespace) -> Scrubber:

@@ -147,11 +147,13 @@ class TransformersEngine:
     weights are cast once per call (autocast caches the casts of trainable weights for the whole context), not once
     per token. Its log-probs are then not the update's own to float precision (the cached decode and the full
     forward round differently in bf16), so ``exact_logprobs`` is False and the update applies the truncated
-    importance correction and logs the mismatch, as it does for vLLM."""
+    importance correction and logs the mismatch, as it does for vLLM. ``lockstep``: given when the parameters are
+    sharded; every process then calls ``sample`` at the same points, with its own prompts or none."""
 
     def __init__(self, model_fn: Callable[[], torch.nn.Module], cfg: RolloutConfig, eos_id: int, pad_id: int,
-                 compute_dtype: torch.dtype = torch.float32) -> None:
+                 compute_dtype: torch.dtype = torch.float32, lockstep: Lockstep | None = None) -> None:
         self.model_fn, self.cfg, self.eos_id, self.pad_id = model_fn, cfg, eos_id, pad_id
+        self.lockstep = lockstep
         self.compute_dtype = compute_dtype
         self.exact_logprobs = compute_dtype == torch.float32
 
@@ -162,7 +164,7 @@ class TransformersEngine:
             return sample(
                 model, prompts, max_new_tokens=r.max_new_tokens, eos_id=self.eos_id, pad_id=self.pad_id,
                 temperature=r.temperature, top_p=r.top_p, generator=torch.Generator().manual_seed(seed),
-                batch_size=r.batch_size,
+                batch_size=r.batch_size, lockstep=self.lockstep,
             )
 
     def push_weights(self, model: torch.nn.Module) -> None:

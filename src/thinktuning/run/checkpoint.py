@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,19 +126,23 @@ def remove_partial(run: Path) -> list[str]:
     return removed
 
 
-def non_finite_parameters(model) -> list[str]:
-    """Names of floating-point parameters/buffers that hold NaN or inf (a diverged or poisoned model)."""
+def non_finite_parameters(model, weights: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """Names of floating-point parameters/buffers that hold NaN or inf (a diverged or poisoned model); of
+    ``weights`` when given (the full state of a sharded model)."""
     return [
-        name for name, t in model.state_dict().items()
+        name for name, t in (weights if weights is not None else model.state_dict()).items()
         if t.is_floating_point() and not bool(torch.isfinite(t).all())
     ]
 
 
 def save_checkpoint(
-    run: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep_last: int = 2
+    run: Path, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any], keep_last: int = 2, *,
+    weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
+    """Write ``step-N`` atomically. ``weights`` and ``optimizer_state``: the full states gathered from a sharded model
+    (train/distributed.full_state), written in place of the model's and optimizer's own (which hold one shard)."""
     root = checkpoint_dir(run)
-    bad = non_finite_parameters(model)
+    bad = non_finite_parameters(model, weights)
     if bad:  # never write a checkpoint that a resume would silently continue from
         previous = latest_checkpoint(run)
         kept = f"the previous checkpoint {previous.name} is intact" if previous else "no earlier checkpoint exists"
@@ -152,9 +157,9 @@ def save_checkpoint(
     remove_partial(run)  # one writer per run folder: any .tmp-* left is from a crash
     try:
         tmp.mkdir()
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
         tokenizer.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=2))
@@ -181,10 +186,13 @@ def save_checkpoint(
     return final
 
 
-def load_training_state(path: Path, optimizer, scheduler) -> dict[str, Any]:
-    """Restore optimizer, scheduler and RNG from a checkpoint (the model weights are loaded by the caller)."""
+def load_training_state(path: Path, optimizer, scheduler,
+                        load_optimizer: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Restore optimizer, scheduler and RNG from a checkpoint (the model weights are loaded by the caller).
+    ``load_optimizer(state)``: how to load the optimizer's saved state (a sharded model's optimizer takes its full
+    state through train/distributed.load_full_optimizer_state); default ``optimizer.load_state_dict``."""
     try:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        (load_optimizer or optimizer.load_state_dict)(torch.load(path / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         rng = torch.load(path / "rng.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])

@@ -23,8 +23,10 @@ import torch
 
 from thinktuning.errors import ConfigError
 
-RANK_SEED_STRIDE = 2**32
-"""Added to a sampling seed once per rank: seeds of different ranks never meet for any step below 2**32."""
+RANK_SEED_STRIDE = 2**22
+"""Added to a sampling seed once per rank. torch's CPU generator keeps only a seed's low 32 bits (a stride of 2**32,
+used before, gave every rank the same random stream), so the stride stays inside them: for fewer than 1,024 ranks,
+seeds of different ranks never meet for any step below 2**22."""
 
 
 def check_world(prompts_per_step: int, mini_batch_prompts: int | None, num_processes: int) -> None:
@@ -43,23 +45,69 @@ def check_world(prompts_per_step: int, mini_batch_prompts: int | None, num_proce
         )
 
 
+def make_accelerator():
+    """The run's ``Accelerator``, as ``accelerate launch`` configured it. One addition: accelerate 1.15 turns FSDP on
+    only for GPU-family devices, while torch's FSDP2 also shards over gloo on CPU processes. So a CPU launch that asks
+    for FSDP (``ACCELERATE_USE_FSDP=true`` and the ``FSDP_*`` variables, as ``accelerate launch --use_fsdp`` sets
+    them; on CPU through ``torchrun``, since accelerate's launcher refuses ``--cpu`` with ``--use_fsdp`` and starts
+    a single process for ``--cpu --num_processes N`` without MPI) gets FSDP2 too, through accelerate's own plugin
+    and ``prepare``."""
+    import os
+
+    from accelerate import Accelerator, FullyShardedDataParallelPlugin
+    from accelerate.utils import DistributedType
+
+    # torchrun (or any launcher that sets WORLD_SIZE) on a machine without a GPU: gloo processes on the CPU, which
+    # accelerate only sets up when told; without it every process would train alone as rank 0
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=cpu)
+    wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if wants_fsdp and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables
+        accelerator.state.distributed_type = DistributedType.FSDP
+    return accelerator
+
+
 def backend(accelerator) -> tuple[str, int | None]:
-    """The accelerate backend (``MULTI_GPU``, ``FSDP``, ``DEEPSPEED``, ...) and, for DeepSpeed, its ZeRO stage."""
+    """The accelerate backend (``MULTI_GPU``, ``FSDP``, ``DEEPSPEED``, ...) and its sharding level: the ZeRO stage for
+    DeepSpeed, the FSDP version for FSDP."""
     kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    if kind == "FSDP":
+        return kind, getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1)
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     return kind, getattr(plugin, "zero_stage", None) if kind == "DEEPSPEED" else None
 
 
-def check_backend(kind: str, stage: int | None) -> None:
-    """Refuse the backends that shard parameters (FSDP, DeepSpeed ZeRO-3): our rollout and teacher decoders run
-    as many forward passes as their own rollouts need, so processes run different numbers of forwards, and a
-    sharded forward needs every process (the run would hang). DDP and ZeRO-2 keep whole parameters everywhere."""
-    if kind == "FSDP" or (stage or 0) >= 3:
+def shards_parameters(kind: str, level: int | None) -> bool:
+    """Whether every process must join every forward pass of the student (its parameters are gathered in each)."""
+    return kind == "FSDP" or (kind == "DEEPSPEED" and (level or 0) >= 3)
+
+
+def check_backend(kind: str, level: int | None, *, vllm_rollouts: bool = False, teacher_shares_student: bool = False
+                  ) -> None:
+    """What runs on each backend. DDP and ZeRO-2 keep whole parameters everywhere. FSDP2 shards them: the student's
+    decoders then run in lockstep (rollout/lockstep.py) and checkpoints gather the full state. Refused, with the
+    alternative: FSDP1 and ZeRO-3 (untested here), and under FSDP2 the two paths whose forwards are not in lockstep
+    yet: pushing weights into vLLM, and a model teacher that is the LoRA student with its adapters off."""
+    if kind == "DEEPSPEED" and (level or 0) >= 3:
         raise ConfigError(
-            f"accelerate backend {'FSDP' if kind == 'FSDP' else 'DeepSpeed ZeRO-3'} is not supported yet: it shards "
-            "the parameters, and thinktuning's decoders run a different number of forward passes on each process "
-            "(the run would hang). Launch with configs/accelerate/ddp.yaml or deepspeed-zero2.yaml"
+            "DeepSpeed ZeRO-3 is not supported yet (its parameter gathering is untested with thinktuning's lockstep "
+            "decoding). Shard with FSDP2 instead: accelerate launch --config_file configs/accelerate/fsdp.yaml; or "
+            "use deepspeed-zero2.yaml, which shards gradients and optimizer states only"
         )
+    if kind != "FSDP":
+        return
+    if level != 2:
+        raise ConfigError(f"FSDP version {level} is not supported: set fsdp_version: 2 in the accelerate config "
+                          "(configs/accelerate/fsdp.yaml does)")
+    if vllm_rollouts:
+        raise ConfigError("rollout.backend=vllm under FSDP is not supported yet (the weight push would need the full "
+                          "weights gathered every step); use rollout.backend=transformers, or DDP with vLLM")
+    if teacher_shares_student:
+        raise ConfigError("under FSDP, a LoRA student's model teacher (teacher.model=student-init: the student with "
+                          "its adapters off) is not supported yet: its decoder does not run in lockstep. Use "
+                          "teacher.model=<another model> (held whole on each process), teacher.backend=http or "
+                          "scripted, or full fine-tuning")
 
 
 def my_groups(n_groups: int, rank: int, num_processes: int) -> list[int]:
@@ -111,3 +159,26 @@ def gather(accelerator, items: list[Any]) -> list[Any]:
     from accelerate.utils import gather_object
 
     return gather_object(items)
+
+
+def full_state(model, optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The full (unsharded) model and optimizer state dicts of a sharded model, on the CPU, in checkpoint form
+    (parameter names, as a single process saves them). A collective: every process calls it; all get the result."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    raw = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, raw, options=options)
+
+
+def load_full_optimizer_state(model, optimizer, state: dict[str, Any]) -> None:
+    """Load an optimizer state saved by :func:`full_state` into a sharded model's optimizer (each process keeps its
+    shard). A collective: every process calls it with the same state."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    raw = getattr(optimizer, "optimizer", optimizer)
+    set_optimizer_state_dict(model, raw, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))

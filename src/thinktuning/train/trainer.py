@@ -2,7 +2,9 @@
 
 prompts -> 1. student rollouts -> 2. guidance (select, teacher, splice, mask) -> 3. rewards -> 4. advantages ->
 5-6. loss and update -> 7. logs. Each arrow calls into the package named after it; this file only wires them
-together, owns the model, optimizer and accelerator, and writes the run folder.
+together, owns the model, optimizer and accelerator, and writes the run folder. It runs past the project's ~400-line
+guide because the set-up (one short method per component: data, run folder, models, optimizer, engines, rewards,
+resume, logs) stays beside the loop that uses it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from thinktuning.outputs import check_output_dir
 from thinktuning.rewards.checker import AnswerChecker
 from thinktuning.rewards.functions import compute_rewards, correctness_reward, load_reward_function
 from thinktuning.rollout.engine import RolloutEngine
+from thinktuning.rollout.lockstep import Lockstep
 from thinktuning.rollout.sampler import TransformersEngine
 from thinktuning.rollout.types import Trajectory
 from thinktuning.run import checkpoint as ckpt
@@ -77,8 +80,6 @@ class ThinkTuningTrainer:
 
     def _check_inputs(self, resume: bool, overwrite: bool) -> None:
         """Everything that can be refused before any slow loading: config, trackers, GPU, processes, run folder."""
-        from accelerate import Accelerator
-
         cfg = self.cfg
         validate(cfg)
         tracking.check_available(cfg.report_to)
@@ -89,12 +90,16 @@ class ThinkTuningTrainer:
                 f"{cfg.rollout.max_new_tokens} tokens per step), but no CUDA GPU is visible. Run it on a GPU machine "
                 "(see configs/accelerate/), or start from cpu-demo on this machine"
             )
-        self.accelerator = Accelerator()
+        self.accelerator = distributed.make_accelerator()
         self.precision = choose_precision(cfg.model.dtype, self.accelerator.device)
         self.is_main = self.accelerator.is_main_process
         distributed.check_world(cfg.rollout.prompts_per_step, cfg.optim.mini_batch_prompts,
                                 self.accelerator.num_processes)
-        distributed.check_backend(*distributed.backend(self.accelerator))
+        kind, level = distributed.backend(self.accelerator)
+        t = cfg.teacher
+        distributed.check_backend(kind, level, vllm_rollouts=cfg.rollout.backend == "vllm", teacher_shares_student=(
+            cfg.lora.enabled and cfg.guidance.asks_teacher() and t.backend == "model" and t.model == "student-init"))
+        self.sharded = distributed.shards_parameters(kind, level)  # every process joins every student forward
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.run_dir = Path(cfg.output_dir)
@@ -159,7 +164,9 @@ class ThinkTuningTrainer:
     def _build_engines(self) -> None:
         """The rollout engine (transformers or vLLM), and the transformers sampler that continues guided rollouts."""
         cfg = self.cfg
-        own = TransformersEngine(self._student, cfg.rollout, self.eos_id, self.pad_id, self.precision.torch_dtype)
+        lockstep = Lockstep(self.pad_id) if self.sharded else None
+        own = TransformersEngine(self._student, cfg.rollout, self.eos_id, self.pad_id, self.precision.torch_dtype,
+                                 lockstep=lockstep)
         self.continuation = own
         self.engine: RolloutEngine = own
         if cfg.rollout.backend == "vllm":
@@ -181,7 +188,9 @@ class ThinkTuningTrainer:
         """Optimizer, scheduler and step from the last checkpoint; logs cut back to it."""
         self.start_step = 0
         if self.resume_from:
-            state = ckpt.load_training_state(self.resume_from, self.optimizer, self.scheduler)
+            load_optimizer = (functools.partial(distributed.load_full_optimizer_state, self.model, self.optimizer)
+                              if self.sharded else None)
+            state = ckpt.load_training_state(self.resume_from, self.optimizer, self.scheduler, load_optimizer)
             self.start_step = int(state["step"])
         elif resume and self.is_main and (self.run_dir / "metrics.jsonl").is_file():
             log.warning("--resume: %s has no complete checkpoint yet; starting again from step 0", self.run_dir)
@@ -287,11 +296,15 @@ class ThinkTuningTrainer:
 
     def save(self, step: int) -> Path | None:
         self.accelerator.wait_for_everyone()
+        weights = optimizer_state = None
+        if self.sharded:  # every process gives its shards; the main one writes the whole
+            weights, optimizer_state = distributed.full_state(self.model, self.optimizer)
         if not self.is_main:
             return None
         return ckpt.save_checkpoint(
             self.run_dir, step, self.accelerator.unwrap_model(self.model), self.tokenizer, self.optimizer,
             self.scheduler, {"total_steps": self.total_steps, "seed": self.cfg.seed}, self.cfg.keep_last,
+            weights=weights, optimizer_state=optimizer_state,
         )
 
     def close(self) -> None:
@@ -360,7 +373,7 @@ class ThinkTuningTrainer:
     def _continue(self, continuing: list[Continuation], step: int) -> None:
         """The student writes what guidance left to it: the rest after the teacher's reason or a hint, or a
         refinement after a critique (guidance/guide.py)."""
-        if not continuing:
+        if not continuing and not self.sharded:  # sharded: the others may continue some, and need this one's forwards
             return
         seed = distributed.rank_seed(self.cfg.seed * 7_000_003 + step, self.accelerator.process_index)
         more = self.continuation.sample([c.context for c in continuing], seed)
