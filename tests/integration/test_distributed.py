@@ -7,6 +7,7 @@ test_trainer.py, compared with the same config run in one process; and the same 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -166,6 +167,15 @@ def runs(tmp_path_factory):
     # be DDP's
     fsdp_proc = subprocess.run([*torchrun(), *_train_args(config, fsdp)], env={**ENV, **FSDP_ENV},
                                capture_output=True, text=True, timeout=600)
+    # and resumed under FSDP2: checkpoints every step, the last one removed, --resume from step 1 (the full optimizer
+    # state re-sharded over the processes)
+    resumed = root / "fsdp-resumed"
+    every = [*_train_args(config, resumed), "--set", "save_every=1", "--set", "keep_last=2"]
+    first = subprocess.run([*torchrun(), *every], env={**ENV, **FSDP_ENV}, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+    shutil.rmtree(resumed / "checkpoints" / "step-000002")
+    resume_proc = subprocess.run([*torchrun(), *every, "--resume"], env={**ENV, **FSDP_ENV}, capture_output=True,
+                                 text=True, timeout=600)
     # the same config in one process, in this one (no second interpreter start-up), on one thread like the others
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -173,7 +183,8 @@ def runs(tmp_path_factory):
         ThinkTuningTrainer(load_config(str(config), SETS, output_dir=str(one), max_steps=2)).train()
     finally:
         torch.set_num_threads(threads)
-    return {"two": two, "one": one, "two proc": proc, "fsdp": fsdp, "fsdp proc": fsdp_proc}
+    return {"two": two, "one": one, "two proc": proc, "fsdp": fsdp, "fsdp proc": fsdp_proc, "resumed": resumed,
+            "resume proc": resume_proc}
 
 
 def test_two_processes_write_one_run_folder(runs):
@@ -236,3 +247,18 @@ def test_fsdp2_trains_what_ddp_trains(runs):
     worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
     print(f"measured: FSDP2 vs DDP, 2 processes, 2 steps: max |weight diff| {worst:.2e}")
     assert worst < 1e-4  # AdamW moves a weight by up to lr = 1e-3 per step; a wrong gradient moves it by ~lr
+
+
+def test_fsdp2_resume_continues_exactly(runs):
+    """Step 2 trained after resuming from the step-1 checkpoint under FSDP2 equals step 2 of the uninterrupted run:
+    the gathered optimizer state went back into the shards intact."""
+    from safetensors.torch import load_file
+
+    proc = runs["resume proc"]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    resumed, fsdp = runs["resumed"], runs["fsdp"]
+    a, b = read_jsonl(resumed / "rollouts.jsonl"), read_jsonl(fsdp / "rollouts.jsonl")
+    assert [(r["step"], r["response"]) for r in a] == [(r["step"], r["response"]) for r in b]
+    wa, wb = (load_file(run / "checkpoints" / "step-000002" / "model.safetensors") for run in (resumed, fsdp))
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert worst < 1e-6, worst
