@@ -1,10 +1,11 @@
 """GPU check of the vLLM rollout backend against the transformers one (driven by benchmarks/gpu_check.sh).
 
-    python benchmarks/gpu_check.py [--steps 3] [--backends transformers,vllm,transformers-gc] [--dry-run] [--out DIR]
+    python benchmarks/gpu_check.py [--steps 3] [--backends transformers,vllm,transformers-gc,transformers-fsdp]
+                                   [--dry-run] [--out DIR]
 
-It also trains once with gradient checkpointing (``transformers-gc``), for its peak memory and step time: the table's
-``peak GB`` is ``torch.cuda.max_memory_allocated`` on a GPU (the process's peak RSS on CPU). bf16 training is what
-every GPU run does (``model.dtype=bfloat16``).
+It also trains once with gradient checkpointing (``transformers-gc``), for its peak memory and step time (the table's
+``peak GB`` is ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on CPU), and once under FSDP2 on
+one process (``transformers-fsdp``). bf16 training is what every GPU run does (``model.dtype=bfloat16``).
 
 1. Builds a random-weight Qwen2 (~0.4B: Qwen2.5-0.5B's shape with SmolLM2's 49,152-token vocabulary) from its
    config, no download, and saves it as a HF folder with the embedded SmolLM2 tokenizer, so both backends load
@@ -27,7 +28,9 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,9 +65,18 @@ def build_model(folder: Path, dry_run: bool, tokenizer: str | None = None) -> in
     return sum(p.numel() for p in model.parameters())
 
 
-RUNS = ("transformers", "vllm", "transformers-gc")
-"""What ``--backends`` can name: a rollout backend, or ``transformers-gc`` (transformers rollouts with
-``model.gradient_checkpointing=true``: its peak memory and step time against ``transformers``)."""
+RUNS = ("transformers", "vllm", "transformers-gc", "transformers-fsdp")
+"""What ``--backends`` can name: a rollout backend; ``transformers-gc`` (transformers rollouts with
+``model.gradient_checkpointing=true``: its peak memory and step time against ``transformers``); ``transformers-fsdp``
+(the same under FSDP2 on one process, launched by torchrun with the variables configs/accelerate/fsdp.yaml sets)."""
+FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+            "FSDP_TRANSFORMER_CLS_TO_WRAP": "Qwen2DecoderLayer", "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_one(backend: str, model_dir: str, out: Path, steps: int, dry_run: bool) -> dict:
@@ -78,7 +90,7 @@ def run_one(backend: str, model_dir: str, out: Path, steps: int, dry_run: bool) 
     small = dry_run or not torch.cuda.is_available()
     sets = [
         f"model.student={model_dir}", f"model.dtype={'float32' if small else 'bfloat16'}",
-        f"rollout.backend={backend.removesuffix('-gc')}", "rollout.temperature=1.0",
+        f"rollout.backend={backend.split('-')[0]}", "rollout.temperature=1.0",
         f"model.gradient_checkpointing={str(backend.endswith('-gc')).lower()}",
         f"rollout.prompts_per_step={2 if small else 8}", f"rollout.group_size={2 if small else 8}",
         f"rollout.max_new_tokens={8 if small else 256}", "rollout.max_prompt_length=192",
@@ -104,7 +116,7 @@ def run_one(backend: str, model_dir: str, out: Path, steps: int, dry_run: bool) 
         "backend": backend, "history": history, "rollouts": rollouts, "n_seq": n_seq,
         "max_new_tokens": cfg.rollout.max_new_tokens, "max_feedback_tokens": cfg.teacher.max_feedback_tokens,
         "engine_start_s": getattr(trainer.engine, "start_s", None),
-        "device": str(trainer.accelerator.device), "peak_gb": peak_gb,
+        "device": str(trainer.accelerator.device), "peak_gb": peak_gb, "sharded": trainer.sharded,
     }
 
 
@@ -125,6 +137,8 @@ def check(res: dict, logprob_tol: float) -> list[str]:
             bad.append(f"rollout {r['step']}/{r['index']}: unfinished but shorter than max_new_tokens")
     if len(res["rollouts"]) != res["n_seq"] * len(res["history"]):
         bad.append(f"{len(res['rollouts'])} rollouts logged, expected {res['n_seq']} x {len(res['history'])}")
+    if res["backend"].endswith("-fsdp") and not res.get("sharded"):
+        bad.append("the FSDP run's parameters were not sharded (the FSDP_* variables did not reach accelerate)")
     if res["backend"] == "vllm":
         for m in res["history"]:
             d = m.get("rollout/logprob_abs_diff")
@@ -201,9 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"random-weight Qwen2, {n / 1e6:.0f}M parameters, in {model_dir}")
     results, problems = [], {}
     for b in backends:
-        cmd = [sys.executable, __file__, "--run-one", b, "--model-dir", str(model_dir), "--out", str(out),
+        cmd = [__file__, "--run-one", b, "--model-dir", str(model_dir), "--out", str(out),
                "--steps", str(steps), *(["--dry-run"] if args.dry_run else [])]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        env = dict(os.environ)
+        if b.endswith("-fsdp"):  # one process under torchrun: accelerate's FSDP2 path, as fsdp.yaml launches it
+            cmd = ["-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(free_port()), *cmd]
+            env.update(FSDP_ENV)
+        proc = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             problems[b] = [f"run failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}"]
             continue

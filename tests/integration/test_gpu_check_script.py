@@ -56,17 +56,17 @@ def test_table_reports_tokens_per_second() -> None:
 
 @pytest.mark.slow
 def test_dry_run_on_cpu(tmp_path) -> None:
-    """The whole script on a tiny random Qwen2, transformers backend with and without gradient checkpointing
-    (vLLM's dry run: under .venv-vllm)."""
+    """The whole script on a tiny random Qwen2, transformers backend plain, with gradient checkpointing and under FSDP2
+    on one process (vLLM's dry run: under .venv-vllm)."""
     proc = subprocess.run(
-        ["bash", "benchmarks/gpu_check.sh", "--dry-run", "--backends", "transformers,transformers-gc", "--out",
-         str(tmp_path)],
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run", "--backends", "transformers,transformers-gc,transformers-fsdp",
+         "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable},
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert "gpu_check: OK (transformers, transformers-gc" in proc.stdout
+    assert "gpu_check: OK (transformers, transformers-gc, transformers-fsdp" in proc.stdout
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("transformers")]
-    assert [r[:2] for r in rows] == [["transformers", "cpu"], ["transformers-gc", "cpu"]]
+    assert [r[0] for r in rows] == ["transformers", "transformers-gc", "transformers-fsdp"]
     assert all(float(r[-1]) > 0 for r in rows)  # peak GB
     config = yaml.safe_load((tmp_path / "transformers-gc" / "config.yaml").read_text())
     assert config["model"]["gradient_checkpointing"] is True

@@ -57,9 +57,9 @@ def make_accelerator():
     from accelerate import Accelerator, FullyShardedDataParallelPlugin
     from accelerate.utils import DistributedType
 
-    # torchrun (or any launcher that sets WORLD_SIZE) on a machine without a GPU: gloo processes on the CPU, which
+    # torchrun (or any launcher that sets LOCAL_RANK) on a machine without a GPU: gloo processes on the CPU, which
     # accelerate only sets up when told; without it every process would train alone as rank 0
-    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    cpu = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
     accelerator = Accelerator(cpu=cpu)
     wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if wants_fsdp and accelerator.distributed_type == DistributedType.MULTI_CPU:
