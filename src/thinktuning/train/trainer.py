@@ -2,9 +2,9 @@
 
 prompts -> 1. student rollouts -> 2. guidance (select, teacher, splice, mask) -> 3. rewards -> 4. advantages ->
 5-6. loss and update -> 7. logs. Each arrow calls into the package named after it; this file only wires them
-together, owns the model, optimizer and accelerator, and writes the run folder. It runs past the project's ~400-line
-guide because the set-up (one short method per component: data, run folder, models, optimizer, engines, rewards,
-resume, logs) stays beside the loop that uses it.
+together, owns the model, optimizer and accelerator, and writes the run folder. It is a little over 400 lines
+because the set-up (one short method per component: data, run folder, models, optimizer, engines, rewards, resume,
+logs) stays beside the loop that uses it.
 """
 
 from __future__ import annotations
