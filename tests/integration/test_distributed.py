@@ -183,8 +183,14 @@ def runs(tmp_path_factory):
         ThinkTuningTrainer(load_config(str(config), SETS, output_dir=str(one), max_steps=2)).train()
     finally:
         torch.set_num_threads(threads)
+    # LoRA adapters under FSDP2 and under DDP (the scripted teacher: a LoRA student's model teacher is refused
+    # under FSDP)
+    lora = ["--set", "lora.enabled=true", "--set", "teacher.backend=scripted"]
+    lora_procs = {name: subprocess.run([*torchrun(), *_train_args(config, root / name), *lora],
+                                       env={**ENV, **extra}, capture_output=True, text=True, timeout=600)
+                  for name, extra in (("lora-ddp", {}), ("lora-fsdp", FSDP_ENV))}
     return {"two": two, "one": one, "two proc": proc, "fsdp": fsdp, "fsdp proc": fsdp_proc, "resumed": resumed,
-            "resume proc": resume_proc}
+            "resume proc": resume_proc, "root": root, "lora procs": lora_procs}
 
 
 def test_two_processes_write_one_run_folder(runs):
@@ -262,3 +268,16 @@ def test_fsdp2_resume_continues_exactly(runs):
     wa, wb = (load_file(run / "checkpoints" / "step-000002" / "model.safetensors") for run in (resumed, fsdp))
     worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
     assert worst < 1e-6, worst
+
+
+def test_lora_under_fsdp2_trains_what_it_trains_under_ddp(runs):
+    from safetensors.torch import load_file
+
+    for name, proc in runs["lora procs"].items():
+        assert proc.returncode == 0, f"{name}: " + (proc.stdout + proc.stderr)[-4000:]
+    ddp, fsdp = runs["root"] / "lora-ddp", runs["root"] / "lora-fsdp"
+    a, b = read_jsonl(fsdp / "rollouts.jsonl"), read_jsonl(ddp / "rollouts.jsonl")
+    assert [r["response"] for r in a] == [r["response"] for r in b] and sum(r["guided"] for r in a) > 0
+    wa, wb = (load_file(run / "checkpoints" / "step-000002" / "adapter_model.safetensors") for run in (fsdp, ddp))
+    assert sorted(wa) == sorted(wb) and all("lora_" in k for k in wa)  # the checkpoint holds the adapters only
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-6
