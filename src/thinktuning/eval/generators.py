@@ -40,7 +40,22 @@ class Generator(Protocol):
     def close(self) -> None: ...
 
 
-class TransformersGenerator:
+class TrainerPrompts:
+    """The prompt encoding of the backends that take token ids (``self.tokenizer``): the trainer's own."""
+
+    tokenizer: Any
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """User turns in the chat template with the assistant header: the trainer's own encoding."""
+        from thinktuning.models.load import encode_user_turns
+
+        return encode_user_turns(self.tokenizer, list(texts))
+
+    def prompt_lengths(self, prompts: Sequence[str]) -> list[int]:
+        return [len(x) for x in self.encode(prompts)]
+
+
+class TransformersGenerator(TrainerPrompts):
     """Batched generation with the trainer's KV-cache loop on a ``transformers`` causal LM."""
 
     name = "transformers"
@@ -56,12 +71,6 @@ class TransformersGenerator:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.rng = torch.Generator().manual_seed(seed)  # sampling draws on the CPU (generation.sample)
         self.progress = progress
-
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """User turns in the chat template with the assistant header: the trainer's own encoding."""
-        from thinktuning.models.load import encode_user_turns
-
-        return encode_user_turns(self.tokenizer, list(texts))
 
     def generate(self, prompts: Sequence[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  greedy: bool) -> list[list[Generation]]:
@@ -84,9 +93,6 @@ class TransformersGenerator:
                 self.progress(f"batch {b}/{n_batches}")
         return out
 
-    def prompt_lengths(self, prompts: Sequence[str]) -> list[int]:
-        return [len(x) for x in self.encode(prompts)]
-
     @property
     def context(self) -> int | None:
         """The model's longest sequence (prompt + response), checked before generating."""
@@ -98,7 +104,7 @@ class TransformersGenerator:
         pass
 
 
-class VLLMGenerator:
+class VLLMGenerator(TrainerPrompts):
     """Generation on an in-process ``vllm.LLM`` built by :func:`thinktuning.rollout.vllm.engine_args`, the set-up of
     ``rollout.backend=vllm``. Prompts go in as the trainer's token ids (:func:`encode_user_turns`), responses end at
     the end-of-turn token and are decoded as :class:`TransformersGenerator` decodes them, so the two backends differ
@@ -121,14 +127,6 @@ class VLLMGenerator:
         context (8,192 for SmolLM2) would not fit a small CPU cache."""
         if self.llm is None:
             self.llm = self._start(max_len)
-
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        from thinktuning.models.load import encode_user_turns
-
-        return encode_user_turns(self.tokenizer, list(texts))
-
-    def prompt_lengths(self, prompts: Sequence[str]) -> list[int]:
-        return [len(x) for x in self.encode(prompts)]
 
     def generate(self, prompts: Sequence[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  greedy: bool) -> list[list[Generation]]:
