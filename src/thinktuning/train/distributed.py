@@ -16,12 +16,15 @@ count already; the same formula covers both. With one process it is the single-p
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from thinktuning.errors import ConfigError
+from thinktuning.train import zero
 
 RANK_SEED_STRIDE = 2**22
 """Added to a sampling seed once per rank. torch's CPU generator keeps only a seed's low 32 bits (a stride of 2**32,
@@ -46,26 +49,52 @@ def check_world(prompts_per_step: int, mini_batch_prompts: int | None, num_proce
 
 
 def make_accelerator():
-    """The run's ``Accelerator``, as ``accelerate launch`` configured it. One addition: accelerate 1.15 turns FSDP on
-    only for GPU-family devices, while torch's FSDP2 also shards over gloo on CPU processes. So a CPU launch that asks
-    for FSDP (``ACCELERATE_USE_FSDP=true`` and the ``FSDP_*`` variables, as ``accelerate launch --use_fsdp`` sets
-    them; on CPU through ``torchrun``, since accelerate's launcher refuses ``--cpu`` with ``--use_fsdp`` and starts
-    a single process for ``--cpu --num_processes N`` without MPI) gets FSDP2 too, through accelerate's own plugin
-    and ``prepare``."""
+    """The run's ``Accelerator``, as ``accelerate launch`` configured it, plus what accelerate 1.15 leaves out on a
+    machine without a GPU (processes started by ``torchrun``, which sets LOCAL_RANK; accelerate's own launcher
+    refuses ``--cpu`` with ``--use_fsdp`` and starts a single process for ``--cpu --num_processes N`` without MPI):
+
+    - plain data parallelism: gloo processes on the CPU, which accelerate only sets up when told (``cpu=True``);
+      without it every process would train alone as rank 0;
+    - FSDP (``ACCELERATE_USE_FSDP=true`` and the ``FSDP_*`` variables, as ``accelerate launch --use_fsdp`` sets
+      them): accelerate turns FSDP on for GPU-family devices only, while torch's FSDP2 also shards over gloo, so the
+      CPU processes get FSDP2 through accelerate's own plugin and ``prepare``;
+    - DeepSpeed (``ACCELERATE_USE_DEEPSPEED=true``): accelerate refuses DeepSpeed with ``cpu=True`` and, without a
+      GPU, finds no process-group backend; naming gloo lets DeepSpeed's CPU accelerator start its processes.
+    """
     import os
 
     from accelerate import Accelerator, FullyShardedDataParallelPlugin
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
-    # torchrun (or any launcher that sets LOCAL_RANK) on a machine without a GPU: gloo processes on the CPU, which
-    # accelerate only sets up when told; without it every process would train alone as rank 0
-    cpu = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
-    accelerator = Accelerator(cpu=cpu)
+    launched = "LOCAL_RANK" in os.environ and not torch.cuda.is_available()
+    if launched and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+    accelerator = Accelerator(cpu=launched)
     wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if wants_fsdp and accelerator.distributed_type == DistributedType.MULTI_CPU:
         accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables
         accelerator.state.distributed_type = DistributedType.FSDP
     return accelerator
+
+
+@contextlib.contextmanager
+def held_whole(accelerator) -> Iterator[None]:
+    """Load models inside this context to keep them whole on every process: the frozen teacher and KL reference.
+    Under ZeRO-3, accelerate registers its DeepSpeed config with transformers, and ``from_pretrained`` then
+    partitions every model it loads (``zero.Init``); a partitioned model that no engine wraps cannot run a forward.
+    accelerate's ``zero3_init_context_manager(enable=False)`` re-registers the same config, so it is taken away here
+    and put back after."""
+    dschf = getattr(getattr(accelerator.state, "deepspeed_plugin", None), "dschf", None)
+    if dschf is None:
+        yield
+        return
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(dschf)
 
 
 def backend(accelerator) -> tuple[str, int | None]:
@@ -83,29 +112,30 @@ def shards_parameters(kind: str, level: int | None) -> bool:
     return kind == "FSDP" or (kind == "DEEPSPEED" and (level or 0) >= 3)
 
 
+def gathers_state(kind: str) -> bool:
+    """Whether a checkpoint must gather the optimizer state (and, when sharded, the weights) from every process:
+    FSDP and every DeepSpeed stage partition at least the optimizer state."""
+    return kind in ("FSDP", "DEEPSPEED")
+
+
 def check_backend(kind: str, level: int | None, *, vllm_rollouts: bool = False, teacher_shares_student: bool = False
                   ) -> None:
-    """What runs on each backend. DDP and ZeRO-2 keep whole parameters everywhere. FSDP2 shards them: the student's
-    decoders then run in lockstep (rollout/lockstep.py) and checkpoints gather the full state. Refused, with the
-    alternative: FSDP1 and ZeRO-3 (untested here), and under FSDP2 the two paths whose forwards are not in lockstep
-    yet: pushing weights into vLLM, and a model teacher that is the LoRA student with its adapters off."""
-    if kind == "DEEPSPEED" and (level or 0) >= 3:
-        raise ConfigError(
-            "DeepSpeed ZeRO-3 is not supported yet (its parameter gathering is untested with thinktuning's lockstep "
-            "decoding). Shard with FSDP2 instead: accelerate launch --config_file configs/accelerate/fsdp.yaml; or "
-            "use deepspeed-zero2.yaml, which shards gradients and optimizer states only"
-        )
-    if kind != "FSDP":
-        return
-    if level != 2:
+    """What runs on each backend. DDP and ZeRO-1/2 keep whole parameters everywhere. FSDP2 and ZeRO-3 shard them:
+    the student's decoders then run in lockstep (rollout/lockstep.py) and checkpoints gather the full state. Refused,
+    with the alternative: FSDP1, and on a sharded student the two paths whose forwards are not in lockstep yet:
+    pushing weights into vLLM, and a model teacher that is the LoRA student with its adapters off."""
+    if kind == "FSDP" and level != 2:
         raise ConfigError(f"FSDP version {level} is not supported: set fsdp_version: 2 in the accelerate config "
                           "(configs/accelerate/fsdp.yaml does)")
+    if not shards_parameters(kind, level):
+        return
+    name = "FSDP" if kind == "FSDP" else "DeepSpeed ZeRO-3"
     if vllm_rollouts:
-        raise ConfigError("rollout.backend=vllm under FSDP is not supported yet (the weight push would need the full "
-                          "weights gathered every step); use rollout.backend=transformers, or DDP with vLLM")
+        raise ConfigError(f"rollout.backend=vllm under {name} is not supported yet (the weight push would need the "
+                          "full weights gathered every step); use rollout.backend=transformers, or DDP with vLLM")
     if teacher_shares_student:
-        raise ConfigError("under FSDP, a LoRA student's model teacher (teacher.model=student-init: the student with "
-                          "its adapters off) is not supported yet: its decoder does not run in lockstep. Use "
+        raise ConfigError(f"under {name}, a LoRA student's model teacher (teacher.model=student-init: the student "
+                          "with its adapters off) is not supported yet: its decoder does not run in lockstep. Use "
                           "teacher.model=<another model> (held whole on each process), teacher.backend=http or "
                           "scripted, or full fine-tuning")
 
@@ -164,6 +194,9 @@ def gather(accelerator, items: list[Any]) -> list[Any]:
 def full_state(model, optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The full (unsharded) model and optimizer state dicts of a sharded model, on the CPU, in checkpoint form
     (parameter names, as a single process saves them). A collective: every process calls it; all get the result."""
+    engine = zero.engine_of(model)
+    if engine is not None:
+        return zero.full_state(engine)
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
@@ -178,6 +211,10 @@ def full_state(model, optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any
 def load_full_optimizer_state(model, optimizer, state: dict[str, Any]) -> None:
     """Load an optimizer state saved by :func:`full_state` into a sharded model's optimizer (each process keeps its
     shard). A collective: every process calls it with the same state."""
+    engine = zero.engine_of(model)
+    if engine is not None:
+        zero.load_full_optimizer_state(engine, state)
+        return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     raw = getattr(optimizer, "optimizer", optimizer)

@@ -48,7 +48,7 @@ from thinktuning.run import checkpoint as ckpt
 from thinktuning.run import folder, tracking
 from thinktuning.run.progress import Progress
 from thinktuning.teacher.build import build_teacher_and_reference
-from thinktuning.train import distributed, steplog
+from thinktuning.train import distributed, steplog, zero
 from thinktuning.train.interrupt import StopRequest
 from thinktuning.train.steplog import StepTimer
 from thinktuning.train.update import Update
@@ -100,6 +100,8 @@ class ThinkTuningTrainer:
         distributed.check_backend(kind, level, vllm_rollouts=cfg.rollout.backend == "vllm", teacher_shares_student=(
             cfg.lora.enabled and cfg.guidance.asks_teacher() and t.backend == "model" and t.model == "student-init"))
         self.sharded = distributed.shards_parameters(kind, level)  # every process joins every student forward
+        self.gathers_state = distributed.gathers_state(kind)  # checkpoints gather the partitioned states
+        self.deepspeed = kind == "DEEPSPEED"
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.run_dir = Path(cfg.output_dir)
@@ -138,9 +140,10 @@ class ThinkTuningTrainer:
         model.train()
         if cfg.model.gradient_checkpointing:
             enable_gradient_checkpointing(model)
-        self.teacher, self.ref_model, self.frozen_view = build_teacher_and_reference(
-            self.cfg, model, self.student_spec, self.tokenizer, self.accelerator.device, self.accelerator.process_index,
-            dtype=self.precision.dtype)
+        with distributed.held_whole(self.accelerator):  # the frozen models are never sharded
+            self.teacher, self.ref_model, self.frozen_view = build_teacher_and_reference(
+                self.cfg, model, self.student_spec, self.tokenizer, self.accelerator.device,
+                self.accelerator.process_index, dtype=self.precision.dtype)
         self.guide = (Guide(cfg.guidance, cfg.teacher, self.teacher, self.tokenizer, self.eos_id,
                             TeacherWatch(logger=log)) if cfg.guidance.enabled else None)
         self.teacher_counts = steplog.CounterDeltas("teacher/")  # an HTTP teacher's requests, retries, failures
@@ -155,6 +158,8 @@ class ThinkTuningTrainer:
         optimizer = torch.optim.AdamW(trainable, lr=o.lr, weight_decay=o.weight_decay)
         scheduler = get_scheduler(o.lr_scheduler, optimizer, num_warmup_steps=o.warmup_steps,
                                   num_training_steps=self.total_steps)
+        if self.deepspeed:  # the trainer's micro-batches and clipping, not the accelerate config's
+            zero.configure(self.accelerator, micro_batch_size=o.micro_batch_size, max_grad_norm=o.max_grad_norm)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
         self.update = Update(self.accelerator, self.model, self.optimizer, self.scheduler, optim=o,
                              loss=self.cfg.loss, rollout=self.cfg.rollout, pad_id=self.pad_id,
@@ -189,7 +194,7 @@ class ThinkTuningTrainer:
         self.start_step = 0
         if self.resume_from:
             load_optimizer = (functools.partial(distributed.load_full_optimizer_state, self.model, self.optimizer)
-                              if self.sharded else None)
+                              if self.gathers_state else None)
             state = ckpt.load_training_state(self.resume_from, self.optimizer, self.scheduler, load_optimizer)
             self.start_step = int(state["step"])
         elif resume and self.is_main and (self.run_dir / "metrics.jsonl").is_file():
@@ -297,7 +302,7 @@ class ThinkTuningTrainer:
     def save(self, step: int) -> Path | None:
         self.accelerator.wait_for_everyone()
         weights = optimizer_state = None
-        if self.sharded:  # every process gives its shards; the main one writes the whole
+        if self.gathers_state:  # every process gives its shards; the main one writes the whole
             weights, optimizer_state = distributed.full_state(self.model, self.optimizer)
         if not self.is_main:
             return None

@@ -22,7 +22,7 @@ from thinktuning.models.precision import compute_context
 from thinktuning.objective.importance import batch_importance_weights, mismatch_metrics
 from thinktuning.objective.loss import METRIC_NAMES, combine_micro_batches, policy_loss
 from thinktuning.rollout.types import Trajectory
-from thinktuning.train import distributed, microbatch
+from thinktuning.train import distributed, microbatch, zero
 from thinktuning.train.logprobs import TokenBatch, collate, token_logprobs
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class Update:
         self.optim, self.loss, self.rollout = optim, loss, rollout
         self.pad_id, self.ref_model, self.frozen_view = pad_id, ref_model, frozen_view
         self.compute_dtype = compute_dtype
+        self.engine = zero.engine_of(model)  # DeepSpeed: the update drives the engine (train/zero.py)
         self._is_sums: dict[str, float] = {}
 
     def _forward_precision(self):
@@ -53,8 +54,9 @@ class Update:
         mb_seqs = (cfg_o.mini_batch_prompts or self.rollout.prompts_per_step) // world * g
         minibatches = [list(range(i, min(i + mb_seqs, len(trajs)))) for i in range(0, len(trajs), mb_seqs)]
         # rows with advantage 0 carry no gradient without a KL term (microbatch.py); with several processes every
-        # rank must run the same number of backward passes (DDP's all-reduce), so only a single process skips them
-        skip_zero = cfg_o.skip_zero_advantage and cfg_l.kl_coef == 0 and world == 1
+        # rank must run the same number of backward passes (DDP's all-reduce), so only a single process skips them,
+        # and not under DeepSpeed, whose engine steps only after a backward
+        skip_zero = cfg_o.skip_zero_advantage and cfg_l.kl_coef == 0 and world == 1 and self.engine is None
         plans = [self._plan(trajs, mb, skip_zero) for mb in minibatches]  # the same micro-batches in every epoch
         micro_batches = [idx for plan in plans for idx in plan]
         reuse_old = cfg_o.ppo_epochs == 1 and len(minibatches) == 1  # pi_old == pi_theta: skip a pass
@@ -66,19 +68,13 @@ class Update:
         for _ in range(cfg_o.ppo_epochs):
             for mb, plan in zip(minibatches, plans, strict=True):
                 parts, bad_loss = self._accumulate(trajs, mb, plan, old, world)
-                gn = float(self.accelerator.clip_grad_norm_(self.model.parameters(), cfg_o.max_grad_norm))
-                if bad_loss is not None:
-                    why = f"non-finite loss ({bad_loss}) in a micro-batch"
-                else:
-                    why = None if math.isfinite(gn) else f"non-finite gradient norm ({gn})"
+                gn, why = self._apply(bad_loss)
                 if why is None:
-                    self.optimizer.step()
                     grad_norms.append(gn)
                     applied.append(combine_micro_batches([m for m, _, _ in parts], [c for _, c, _ in parts]))
                     applied[-1]["loss"] = sum(loss for _, _, loss in parts)
                 else:  # a poisoned update is dropped: never applied, so never checkpointed
                     skipped += 1
-                    self.optimizer.zero_grad(set_to_none=True)
                     log.warning("%s: optimizer update skipped (counted in loss/updates_skipped)", why)
                 self.scheduler.step()
         # mean over the updates applied (the largest shaped weight: max); NaN (null in metrics.jsonl) when every
@@ -98,6 +94,29 @@ class Update:
             [len(s.prompt_ids) for s in trajs], [len(s.response_ids) for s in trajs], micro_batches)
         return distributed.mean_metrics(self.accelerator, out)  # over all processes (grad_norm is the same on all)
 
+    def _apply(self, bad_loss: float | None) -> tuple[float, str | None]:
+        """Clip and apply the accumulated gradients, or drop them: the gradient norm, and why the update was dropped
+        (None when applied)."""
+        if self.engine is not None:  # DeepSpeed clips and steps in one call, so a bad loss is agreed on before it
+            if distributed.all_sum(self.accelerator, float(bad_loss is not None)) > 0:
+                zero.drop_gradients(self.engine)
+                return math.nan, "non-finite loss in a micro-batch of some process"
+            gn = zero.step(self.engine)
+            if not math.isfinite(gn):
+                log.warning("DeepSpeed applied an update whose gradient norm was %s (it clips and steps in one call)",
+                            gn)
+            return gn, None
+        gn = float(self.accelerator.clip_grad_norm_(self.model.parameters(), self.optim.max_grad_norm))
+        if bad_loss is not None:
+            why = f"non-finite loss ({bad_loss}) in a micro-batch"
+        else:
+            why = None if math.isfinite(gn) else f"non-finite gradient norm ({gn})"
+        if why is None:
+            self.optimizer.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        return gn, why
+
     def mismatch_metrics(self) -> dict[str, float]:
         """The last update's sampler/trainer mismatch (NaN when no row carried another engine's log-probs)."""
         return mismatch_metrics(self._is_sums)
@@ -111,14 +130,17 @@ class Update:
         self.optimizer.zero_grad(set_to_none=True)
         bad_loss = None
         parts = []  # (metrics, counts, loss) per micro-batch, added to the step's metrics if the update applies
-        for idx in plan:
+        for k, idx in enumerate(plan):
             out = self._micro_loss([trajs[i] for i in idx], None if old is None else [old[i] for i in idx], norm)
             loss = float(out.loss.detach())
             if not math.isfinite(loss):
                 bad_loss = loss
             # backward runs even so: with several processes, all must join the same collectives (a NaN loss on one
             # makes the reduced gradient norm non-finite on all, so all skip together)
-            self.accelerator.backward(out.loss)
+            if self.engine is not None:
+                zero.backward(self.engine, out.loss, last=k == len(plan) - 1)
+            else:
+                self.accelerator.backward(out.loss)
             parts.append((out.metrics, out.counts, loss))
         if not plan:  # every row had advantage 0: the gradient is exactly zero, and AdamW still steps on it
             for p in self.model.parameters():
