@@ -84,6 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.start_step >= trainer.total_steps:
         say(f"nothing to do: {cfg.output_dir} already finished {trainer.total_steps} steps")
         trainer.close()
+        _end_processes(trainer)
         return 0
     try:
         trainer.train()
@@ -91,11 +92,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         say(f"aborted; continue from the last complete checkpoint with: {resume_command(args, cfg.output_dir)}",
             file=sys.stderr)
         return 130
+    _end_processes(trainer)
     if trainer.stopped_at is not None:
         say(f"stopped at step {trainer.stopped_at}; resume with: {resume_command(args, cfg.output_dir)}")
         return 128 + (trainer.stop_signal or signal.SIGTERM)
     say(f"done: {cfg.output_dir} (metrics.jsonl, rollouts.jsonl, checkpoints/)")
     return 0
+
+
+def _end_processes(trainer) -> None:
+    """With several processes, end the process group once all have finished. Left to interpreter shutdown, gloo's
+    worker threads can still hold tensors then, and a process dies with SIGABRT ("terminate called without an
+    active exception") after a run that succeeded. Only on the way out of a run that ended normally: after an
+    error, the others may be inside a collective, and destroying the group would hang."""
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 class _Printer:
