@@ -117,6 +117,36 @@ def arm_table(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str]) 
     return lines
 
 
+FAMILY_REFERENCE = "tt-scripted-const"
+"""The guidance family's arms (issue 17) are compared with ThinkTuning under the same scripted teacher, schedule and
+pinned settings, on the seeds both have."""
+
+
+def family_table(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
+    """Each family arm against ThinkTuning (scripted, constant) on the same seeds: the arm's cells and the paired
+    difference over items and those seeds."""
+    arms = [a for a in ("family-expert", "family-hint", "family-refine") if a in by_arm]
+    if not arms or FAMILY_REFERENCE not in by_arm:
+        return []
+    head = ["arm", "seeds", *[name for _, name in GREEDY_KEYS[:6]], "pass@4 (100 items, T=1)",
+            *[f"Δ acc vs {FAMILY_REFERENCE} [95% CI], {which} rule" for which in ("paper", "lenient")]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in [FAMILY_REFERENCE, *arms]:
+        ps = by_arm[arm]
+        seeds = sorted(p["seed"] for p in ps)
+        if arm == FAMILY_REFERENCE:
+            seeds = sorted({p["seed"] for a in arms for p in by_arm[a]} & set(seeds))
+            ps = [p for p in ps if p["seed"] in seeds]
+        base = [p for p in by_arm[FAMILY_REFERENCE] if p["seed"] in seeds]
+        cells = [labels[arm], ", ".join(map(str, seeds))]
+        cells += [fmt([p["greedy"][k] for p in ps]) for k, _ in GREEDY_KEYS[:6]]
+        cells.append(fmt([p["pass4"]["pass@4 paper"] for p in ps if "pass4" in p]))
+        same = arm == FAMILY_REFERENCE or len(base) != len(ps)
+        cells += ["–" if same else delta(ps, base, which) for which in ("paper", "lenient")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def delta(arm: list[dict], base: list[dict], which: str) -> str:
     """The arm's accuracy minus the baseline's under rule ``which``: paired bootstrap over shared items and seeds."""
     ids = sorted(set.intersection(*(set(p["items"]) for p in arm + base)))
@@ -267,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
                 "", *arm_table(rule, by_arm, labels), ""]
         doc += ["Cells: mean over seeds ± half-width of the 95% t-interval (one seed: no interval). Δ: paired "
                 "bootstrap over the 300 items and the seeds; `*`: the interval excludes 0.", ""]
+        family = family_table(by_arm, labels)
+        if family:
+            doc += [f"### The guidance family against ThinkTuning on the same seeds ({rule} rule)", "", *family, "",
+                    f"Δ: paired bootstrap over the 300 items and the seeds both arms have; `*`: the interval excludes "
+                    f"0. The {FAMILY_REFERENCE} row is restricted to those seeds.", ""]
         with tempfile.TemporaryDirectory() as tmp:
             args_cmp = []
             for arm, ps in by_arm.items():
