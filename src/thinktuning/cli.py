@@ -84,45 +84,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.start_step >= trainer.total_steps:
         say(f"nothing to do: {cfg.output_dir} already finished {trainer.total_steps} steps")
         trainer.close()
-        _end_processes(trainer)
-        return 0
+        return _finish(trainer, 0)
     try:
         trainer.train()
     except KeyboardInterrupt:
         say(f"aborted; continue from the last complete checkpoint with: {resume_command(args, cfg.output_dir)}",
             file=sys.stderr)
         return 130
-    several = _end_processes(trainer)
     if trainer.stopped_at is not None:
         say(f"stopped at step {trainer.stopped_at}; resume with: {resume_command(args, cfg.output_dir)}")
-        rc = 128 + (trainer.stop_signal or signal.SIGTERM)
-    else:
-        say(f"done: {cfg.output_dir} (metrics.jsonl, rollouts.jsonl, checkpoints/)")
-        rc = 0
-    if several:
-        _exit_now(rc)
-    return rc
+        return _finish(trainer, 128 + (trainer.stop_signal or signal.SIGTERM))
+    say(f"done: {cfg.output_dir} (metrics.jsonl, rollouts.jsonl, checkpoints/)")
+    return _finish(trainer, 0)
 
 
-def _end_processes(trainer) -> bool:
-    """With several processes, end the process group once all have finished; returns whether there were several.
-    Only on the way out of a run that ended normally: after an error, the others may be inside a collective, and
-    destroying the group would hang."""
+def _finish(trainer, rc: int) -> int:
+    """The way out of a run that ended normally (after an error the others may be inside a collective, and ending
+    the process group would hang). With several processes: end the process group once all are here, then leave
+    without interpreter finalization. During finalization a process sometimes died with SIGABRT ("terminate called
+    without an active exception": a native thread still joinable when its owner is destroyed) after its run had
+    succeeded and written everything: once in each of two CI runs (4 two-process FSDP2 launches each), the second
+    time after ending the process group. The run folder is complete and closed by then; only the standard streams
+    need flushing."""
     several = trainer.accelerator.num_processes > 1
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
-    return several
-
-
-def _exit_now(rc: int) -> None:
-    """Leave a finished multi-process run without interpreter finalization. During finalization a process
-    sometimes died with SIGABRT ("terminate called without an active exception": a native thread still joinable
-    when its owner is destroyed) after its run had succeeded and written everything: once in each of two CI runs
-    (4 two-process FSDP2 launches each), the second time after ending the process group. The run folder is
-    complete and closed by then; only the standard streams need flushing."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(rc)
+    if several:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 class _Printer:

@@ -154,6 +154,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun() -> list[str]:
+    """2 processes by torchrun: accelerate's launcher starts one process for --cpu --num_processes 2 unless MPI is
+    installed (this test once ran a single process that way without noticing)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+
+
+LORA = ["--set", "lora.enabled=true", "--set", "teacher.backend=scripted"]
+"""LoRA adapters with the scripted teacher (a LoRA student's model teacher is refused on a sharded student)."""
+
+
 def _train_args(config: Path, run: Path) -> list[str]:
     args = ["-m", "thinktuning.cli", "train", "--config", str(config), "--output-dir", str(run), "--max-steps", "2"]
     for item in SETS:
@@ -172,12 +182,6 @@ def runs(tmp_path_factory):
     guidance = "".join(f"  {item.split('.', 1)[1].replace('=', ': ')}\n" for item in FORCE_GUIDANCE)
     config.write_text(f"model:\n  student: {student}\nteacher:\n  sees_reference: solution\nguidance:\n{guidance}")
     two, one, fsdp = root / "two", root / "one", root / "fsdp"
-    # torchrun: accelerate's launcher starts one process for --cpu --num_processes 2 unless MPI is installed (this
-    # test once ran a single process that way without noticing)
-    def torchrun():
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(_free_port())]
-
     proc = subprocess.run([*torchrun(), *_train_args(config, two)], env=ENV, capture_output=True, text=True,
                           timeout=600)
     # the same 2 processes with the parameters sharded by FSDP2 (accelerate's plugin): its rollouts and weights must
@@ -202,8 +206,7 @@ def runs(tmp_path_factory):
         torch.set_num_threads(threads)
     # LoRA adapters under FSDP2 and under DDP (the scripted teacher: a LoRA student's model teacher is refused
     # under FSDP)
-    lora = ["--set", "lora.enabled=true", "--set", "teacher.backend=scripted"]
-    lora_procs = {name: subprocess.run([*torchrun(), *_train_args(config, root / name), *lora],
+    lora_procs = {name: subprocess.run([*torchrun(), *_train_args(config, root / name), *LORA],
                                        env={**ENV, **extra}, capture_output=True, text=True, timeout=600)
                   for name, extra in (("lora-ddp", {}), ("lora-fsdp", FSDP_ENV))}
     return {"two": two, "one": one, "two proc": proc, "fsdp": fsdp, "fsdp proc": fsdp_proc, "resumed": resumed,
@@ -219,20 +222,16 @@ def zero_runs(runs):
     assert importlib.util.find_spec("deepspeed"), "DeepSpeed is missing: run scripts/setup.sh --test"
     root, config = runs["root"], runs["root"] / "tiny.yaml"
     every = ["--set", "save_every=1", "--set", "keep_last=2"]
-    lora = ["--set", "lora.enabled=true", "--set", "teacher.backend=scripted"]
     procs = {}
-    for name, stage, extra in (("zero3", 3, every), ("zero2", 2, []), ("lora-zero3", 3, lora)):
-        procs[name] = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-             str(_free_port()), *_train_args(config, root / name), *extra],
-            env={**ENV, **_zero_env(stage)}, capture_output=True, text=True, timeout=600)
+    for name, stage, extra in (("zero3", 3, every), ("zero2", 2, []), ("lora-zero3", 3, LORA)):
+        procs[name] = subprocess.run([*torchrun(), *_train_args(config, root / name), *extra],
+                                     env={**ENV, **_zero_env(stage)}, capture_output=True, text=True, timeout=600)
     assert procs["zero3"].returncode == 0, (procs["zero3"].stdout + procs["zero3"].stderr)[-4000:]
     shutil.copytree(root / "zero3", root / "zero3-resumed")
     shutil.rmtree(root / "zero3-resumed" / "checkpoints" / "step-000002")
-    procs["zero3-resumed"] = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-         *_train_args(config, root / "zero3-resumed"), *every, "--resume"],
-        env={**ENV, **_zero_env(3)}, capture_output=True, text=True, timeout=600)
+    procs["zero3-resumed"] = subprocess.run([*torchrun(), *_train_args(config, root / "zero3-resumed"), *every,
+                                             "--resume"],
+                                            env={**ENV, **_zero_env(3)}, capture_output=True, text=True, timeout=600)
     return procs
 
 

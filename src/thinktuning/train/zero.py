@@ -85,13 +85,14 @@ def full_state(engine) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         with _gathered(tensor):
             weights[name] = tensor.detach().cpu().clone()
     state: dict[str, dict[str, torch.Tensor]] = {}
-    names = [name for name, p in module.named_parameters() if p.requires_grad]
-    params = dict(module.named_parameters())
-    for name in names:
-        moments = {key: safe_get_full_optimizer_state(params[name], key) for key in ADAM_KEYS}
+    trained = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    step = None  # the AdamW step, the same for every partition: read once, when there are moments to save
+    for name, param in trained.items():
+        moments = {key: safe_get_full_optimizer_state(param, key) for key in ADAM_KEYS}
         if all(m is not None for m in moments.values()):
-            state[name] = {"step": torch.tensor(float(_adam_step(engine))),
-                           **{k: m.detach().cpu().clone() for k, m in moments.items()}}
+            step = _adam_step(engine) if step is None else step
+            state[name] = {"step": torch.tensor(step), **{k: m.detach().cpu().clone() for k, m in moments.items()}}
+    names = list(trained)
     groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
     if len(groups) != 1:
         raise NotImplementedError(f"{len(groups)} optimizer parameter groups under DeepSpeed (the trainer makes one)")
