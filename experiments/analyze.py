@@ -99,10 +99,16 @@ def fmt(values: list[float]) -> str:
     return f"{m:{spec}}" if len(values) == 1 else f"{m:{spec}} ± {hi - m:{spec}}"
 
 
+ORDER = ("zero-shot", "grpo", "grpo-format", "tt-scripted-const", "tt-scripted-paper", "tt-scripted-const-luffy",
+         "tt-scripted-const-skip", "tt-model-const", "family-expert", "family-hint", "family-refine")
+
+
+def ordered(by_arm: dict[str, list[dict]]) -> list[str]:
+    return [a for a in ORDER if a in by_arm] + sorted(a for a in by_arm if a not in ORDER)
+
+
 def arm_table(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
-    arms = [a for a in ("zero-shot", "grpo", "grpo-format", "tt-scripted-const", "tt-scripted-paper",
-                        "tt-scripted-const-luffy", "tt-scripted-const-skip", "tt-model-const", "family-expert",
-                        "family-hint", "family-refine") if a in by_arm]
+    arms = ordered(by_arm)
     baselines = [b for b in (BASELINE, FORMAT_BASELINE) if b in by_arm]
     head = ["arm", "seeds", *[name for _, name in GREEDY_KEYS], "pass@4 (100 items, T=1)",
             *[f"Δ acc vs {b} [95% CI], {which} rule" for b in baselines for which in ("paper", "lenient")]]
@@ -156,21 +162,81 @@ def delta(arm: list[dict], base: list[dict], which: str) -> str:
     return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + ("*" if significant(lo, hi) else "")
 
 
+def own_sample(r: dict) -> tuple[str, bool] | None:
+    """The student's own sample in a rollout row, and whether it ended before the length limit; None if the row holds
+    no whole sample of the student's (a hint's continuation, an expert's solution, a refinement).
+
+    A spliced rollout keeps the student's whole finished sample before the teacher's span. Guidance picks only
+    finished rollouts, so leaving the spliced ones out would bias the unguided rest towards unfinished ones.
+    """
+    if not r.get("guided") or r.get("no_feedback"):
+        return r["response"], bool(r.get("finished"))
+    span = r.get("teacher_span")
+    if span and span[0] > 0:
+        return r["response"][: span[0]], True
+    return None
+
+
 def curves(rollouts: list[dict]) -> dict[str, list[float]]:
-    """Per step, over the student's own (unguided) rollouts: reward, boxed rate, reflection rate, loop rate."""
-    steps: dict[int, list[dict]] = defaultdict(list)
+    """Per step, over the student's own samples (:func:`own_sample`): correct, boxed, reflection, loop, ended rates."""
+    steps: dict[int, list[tuple[dict, str, bool]]] = defaultdict(list)
     for r in rollouts:
-        if not r.get("guided"):
-            steps[r["step"]].append(r)
-    out: dict[str, list[float]] = {"step": [], "reward": [], "boxed": [], "reflect": [], "loop": []}
+        own = own_sample(r)
+        if own is not None:
+            steps[r["step"]].append((r, *own))
+    out: dict[str, list[float]] = {"step": [], "reward": [], "boxed": [], "reflect": [], "loop": [], "ended": []}
     for step in sorted(steps):
         rs = steps[step]
         out["step"].append(step)
-        out["reward"].append(sum(r["student_correct"] for r in rs) / len(rs))
-        out["boxed"].append(sum(bool(boxed_answers(r["response"])) for r in rs) / len(rs))
-        out["reflect"].append(sum(any(detect(r["response"]).values()) for r in rs) / len(rs))
-        out["loop"].append(sum(repeats(r["response"]) for r in rs) / len(rs))
+        out["reward"].append(sum(r["student_correct"] for r, _, _ in rs) / len(rs))
+        out["boxed"].append(sum(bool(boxed_answers(text)) for _, text, _ in rs) / len(rs))
+        out["reflect"].append(sum(any(detect(text).values()) for _, text, _ in rs) / len(rs))
+        out["loop"].append(sum(repeats(text) for _, text, _ in rs) / len(rs))
+        out["ended"].append(sum(ended for _, _, ended in rs) / len(rs))
     return out
+
+
+SEED_KEYS = [("paper", "paper rule"), ("lenient", "last-number rule"), ("boxed", "boxed"), ("tokens", "mean tokens"),
+             ("loop", "answer loops"), ("reflect", "reflection cue")]
+
+
+def seed_table(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
+    """One row per piece: the spread across seeds that the means hide."""
+    head = ["arm", "seed", *[name for _, name in SEED_KEYS], "pass@4 (100 items, T=1)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in ordered(by_arm):
+        for p in sorted(by_arm[arm], key=lambda p: p["seed"]):
+            g = p["greedy"]
+            cells = [labels[arm], str(p["seed"]), *[f"{g[k]:.1f}" if k == "tokens" else f"{g[k]:.3f}" for k, _ in
+                                                    SEED_KEYS]]
+            cells.append(f"{p['pass4']['pass@4 paper']:.2f}" if "pass4" in p else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+WINDOW_KEYS = [("reward", "correct"), ("boxed", "boxed"), ("reflect", "reflection cue"), ("loop", "answer loop"),
+               ("ended", "ended before the limit")]
+
+
+def window_table(by_arm: dict[str, list[dict]], labels: dict[str, str], width: int = 10) -> list[str]:
+    """Internalisation in numbers: the student's own samples per ``width``-step window, mean over seeds."""
+    arms = [a for a in ordered(by_arm) if any("curves" in p for p in by_arm[a])]
+    if not arms:
+        return []
+    last = max(max(p["curves"]["step"]) for a in arms for p in by_arm[a] if "curves" in p)
+    windows = [(lo, min(lo + width - 1, last)) for lo in range(1, last + 1, width)]
+    head = ["arm", "seeds", "own samples", *[f"steps {lo}–{hi}" for lo, hi in windows]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        cs = [p["curves"] for p in by_arm[arm] if "curves" in p]
+        for key, name in WINDOW_KEYS:
+            cells = [labels[arm], str(len(cs)), name]
+            for lo, hi in windows:
+                per_seed = [[v for s, v in zip(c["step"], c[key], strict=True) if lo <= s <= hi] for c in cs]
+                per_seed = [sum(v) / len(v) for v in per_seed if v]
+                cells.append(f"{100 * sum(per_seed) / len(per_seed):.0f}%" if per_seed else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def moving_average(values: list[float], window: int = 5) -> list[float]:
@@ -194,8 +260,8 @@ def plot_curves(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str]
         n = min(len(c["step"]) for c in cs)
         steps = cs[0]["step"][:n]
         for ax, key, title in zip(axes, ("reward", "boxed", "reflect", "loop"),
-                                  ("own rollouts: correct (training rule)", "own rollouts: boxed rate",
-                                   "own rollouts: reflection cue", "own rollouts: answer loop"), strict=True):
+                                  ("own samples: correct (training rule)", "own samples: boxed rate",
+                                   "own samples: reflection cue", "own samples: answer loop"), strict=True):
             smooth = [moving_average(c[key][:n]) for c in cs]  # per seed: 16 rollouts a step are noisy
             mean = [sum(col) / len(col) for col in zip(*smooth, strict=True)]
             lo, hi = [min(col) for col in zip(*smooth, strict=True)], [max(col) for col in zip(*smooth, strict=True)]
@@ -206,7 +272,7 @@ def plot_curves(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str]
             ax.set_xlabel("step")
             ax.set_ylim(-0.02, 1.02)
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"Internalisation, {rule} rule: the student's own rollouts (5-step mean; band: min-max over seeds)")
+    fig.suptitle(f"Internalisation, {rule} rule: the student's own samples (5-step mean; band: min-max over seeds)")
     fig.tight_layout()
     path = out / f"curves-{rule}.png"
     fig.savefig(path, dpi=110)
@@ -297,6 +363,15 @@ def main(argv: list[str] | None = None) -> int:
                 "", *arm_table(rule, by_arm, labels), ""]
         doc += ["Cells: mean over seeds ± half-width of the 95% t-interval (one seed: no interval). Δ: paired "
                 "bootstrap over the 300 items and the seeds; `*`: the interval excludes 0.", ""]
+        doc += [f"### Each seed ({rule} rule)", "", *seed_table(by_arm, labels), ""]
+        windows = window_table(by_arm, labels)
+        if windows:
+            doc += [f"### Internalisation: the student's own training samples by 10-step window ({rule} "
+                    "rule)", "", *windows, "",
+                    "Own samples: the unguided rollouts and the student's part of each spliced one. The hint, expert "
+                    "and refine arms' guided rollouts hold no whole sample of the student's, so those arms' rates "
+                    "come from the unguided rest, which leans towards unfinished samples (only finished ones are "
+                    "guided). Correct: under the training rule. Mean over seeds of each seed's window rate.", ""]
         family = family_table(by_arm, labels)
         if family:
             doc += [f"### The guidance family against ThinkTuning on the same seeds ({rule} rule)", "", *family, "",
