@@ -19,6 +19,8 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from evidence_plots import plot_accuracy, plot_curves
+
 from thinktuning.eval.compare import compare_table
 from thinktuning.eval.metrics import answer_change, repeats, same_answer
 from thinktuning.eval.reflection import detect
@@ -82,13 +84,6 @@ GREEDY_KEYS = [("paper", "accuracy, paper rule (boxed)"), ("lenient", "accuracy,
                ("boxed", "boxed rate"), ("tokens", "mean response tokens"), ("loop", "answer-loop rate"),
                ("reflect", "any reflection cue"), ("second answer wrong->right", "2nd answer fixed a wrong 1st"),
                ("second answer right->wrong", "2nd answer broke a right 1st")]
-
-
-def wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion ``p`` over ``n`` items (sensible at 0 and 1, unlike p +- 2 se)."""
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def fmt(values: list[float]) -> str:
@@ -237,77 +232,6 @@ def window_table(by_arm: dict[str, list[dict]], labels: dict[str, str], width: i
                 cells.append(f"{100 * sum(per_seed) / len(per_seed):.0f}%" if per_seed else "–")
             lines.append("| " + " | ".join(cells) + " |")
     return lines
-
-
-def moving_average(values: list[float], window: int = 5) -> list[float]:
-    """Mean of each value and the ``window - 1`` before it (fewer at the start)."""
-    return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
-            for i in range(len(values))]
-
-
-def plot_curves(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str], out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arms = [a for a in by_arm if a != "zero-shot" and any("curves" in p for p in by_arm[a])]
-    if not arms:
-        return None
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-    for arm in arms:
-        cs = [p["curves"] for p in by_arm[arm] if "curves" in p]
-        n = min(len(c["step"]) for c in cs)
-        steps = cs[0]["step"][:n]
-        for ax, key, title in zip(axes, ("reward", "boxed", "reflect", "loop"),
-                                  ("own samples: correct (training rule)", "own samples: boxed rate",
-                                   "own samples: reflection cue", "own samples: answer loop"), strict=True):
-            smooth = [moving_average(c[key][:n]) for c in cs]  # per seed: 16 rollouts a step are noisy
-            mean = [sum(col) / len(col) for col in zip(*smooth, strict=True)]
-            lo, hi = [min(col) for col in zip(*smooth, strict=True)], [max(col) for col in zip(*smooth, strict=True)]
-            line, = ax.plot(steps, mean, label=f"{labels[arm]} (n={len(cs)})")
-            if len(cs) > 1:
-                ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("step")
-            ax.set_ylim(-0.02, 1.02)
-    axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"Internalisation, {rule} rule: the student's own samples (5-step mean; band: min-max over seeds)")
-    fig.tight_layout()
-    path = out / f"curves-{rule}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_accuracy(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str], out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arms = list(by_arm)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.6 * len(arms) + 1.8))
-    for ax, which, title in zip(axes, ("paper", "lenient"), ("paper rule (boxed)", "lenient rule (last number)"),
-                                strict=True):
-        for y, arm in enumerate(arms):
-            vals = [p["greedy"][which] for p in by_arm[arm]]
-            m, lo, hi = mean_ci(vals)
-            if len(vals) == 1:  # one seed: the items' 95% Wilson interval instead (dashed)
-                lo, hi = wilson(vals[0], len(by_arm[arm][0]["items"]))
-            ax.plot(vals, [y] * len(vals), "o", color="#999", ms=4)
-            ax.plot([m], [y], "D", color="#1f77b4")
-            ax.plot([lo, hi], [y, y], "-" if len(vals) > 1 else "--", color="#1f77b4")
-        ax.set_yticks(range(len(arms)), [labels[a] for a in arms], fontsize=8)
-        ax.set_title(f"held-out accuracy, {title}", fontsize=9)
-        ax.set_xlim(-0.02, max(0.3, ax.get_xlim()[1]))
-    fig.suptitle("Greedy accuracy on 300 held-out arithmetic problems (grey: seeds; blue: mean and 95% t-interval "
-                 "over seeds; dashed: one seed, 95% Wilson interval over items)", fontsize=10)
-    fig.tight_layout()
-    path = out / f"accuracy-{rule}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def quotes(by_arm: dict[str, list[dict]], labels: dict[str, str], n: int = 3) -> list[str]:
