@@ -24,7 +24,7 @@ from evidence_plots import plot_accuracy, plot_curves
 from thinktuning.eval.compare import compare_table
 from thinktuning.eval.metrics import answer_change, repeats, same_answer
 from thinktuning.eval.reflection import detect
-from thinktuning.eval.stats import mean_ci, paired_bootstrap, significant
+from thinktuning.eval.stats import mean_ci, paired_bootstrap, permutation_p, significant, welch_interval
 from thinktuning.rewards.answers import boxed_answers, extract_answer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,6 +155,29 @@ def delta(arm: list[dict], base: list[dict], which: str) -> str:
     b = [[sum(r[which] for r in p["items"][i]) / len(p["items"][i]) for i in ids] for p in base]
     d, lo, hi = paired_bootstrap(a, b)
     return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + ("*" if significant(lo, hi) else "")
+
+
+def seed_checks(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
+    """Each trained arm against the format baseline over seed means alone (:func:`welch_interval`,
+    :func:`permutation_p`): what the seeds carry without the items' resampling."""
+    if FORMAT_BASELINE not in by_arm:
+        return []
+    base = by_arm[FORMAT_BASELINE]
+    head = ["arm", "seeds vs baseline seeds", *[f"Δ {w} rule, Welch 95% t over seed means; exact permutation p"
+                                                for w in ("paper", "lenient")]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in ordered(by_arm):
+        ps = by_arm[arm]
+        if arm == FORMAT_BASELINE or len(ps) < 2:
+            continue
+        cells = [labels[arm], f"{len(ps)} vs {len(base)}"]
+        for which in ("paper", "lenient"):
+            a, b = [p["greedy"][which] for p in ps], [p["greedy"][which] for p in base]
+            d, lo, hi = welch_interval(a, b)
+            cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if significant(lo, hi) else ''}; "
+                         f"p = {permutation_p(a, b):.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def own_sample(r: dict) -> tuple[str, bool] | None:
@@ -288,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         doc += ["Cells: mean over seeds ± half-width of the 95% t-interval (one seed: no interval). Δ: paired "
                 "bootstrap over the 300 items and the seeds; `*`: the interval excludes 0.", ""]
         doc += [f"### Each seed ({rule} rule)", "", *seed_table(by_arm, labels), ""]
+        checks = seed_checks(by_arm, labels)
+        if checks:
+            doc += [f"### Seed-level check against {FORMAT_BASELINE} ({rule} rule)", "", *checks, "",
+                    "Only the seed means, no items: a Welch t-interval (degrees of freedom rounded down) and an "
+                    "exact two-sided permutation test. With 3 + 3 seeds the smallest possible p is 0.10.", ""]
         windows = window_table(by_arm, labels)
         if windows:
             doc += [f"### Internalisation: the student's own training samples by 10-step window ({rule} "

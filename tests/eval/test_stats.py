@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from thinktuning.eval.stats import mean_ci, paired_bootstrap, significant
+from thinktuning.eval.stats import mean_ci, paired_bootstrap, permutation_p, significant, welch_interval
 
 
 def test_t_interval_of_three_seeds():
@@ -48,3 +48,33 @@ def test_a_single_seed_baseline_is_broadcast_against_several_seeds():
 def test_items_must_match():
     with pytest.raises(ValueError, match="same items"):
         paired_bootstrap([[1.0, 0.0]], [[1.0]])
+
+
+def test_welch_interval_by_hand():
+    # a = [1, 2, 3] (var 1), b = [0, 0, 0, 0] (var 0): se = sqrt(1/3), df = (1/3)^2 / ((1/3)^2 / 2) = 2 -> t 4.303
+    d, lo, hi = welch_interval([1.0, 2.0, 3.0], [0.0] * 4)
+    assert d == 2.0
+    assert (lo, hi) == pytest.approx((2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)))
+
+
+def test_welch_degrees_of_freedom_are_rounded_down():
+    # var 1 and var 4 with 3 seeds each: se^2 = 1/3 + 4/3 = 5/3; df = (5/3)^2 / ((1/9 + 16/9) / 2) = 2.94 -> 2
+    d, lo, hi = welch_interval([1.0, 2.0, 3.0], [0.0, 2.0, 4.0])
+    assert d == pytest.approx(0.0)
+    assert hi == pytest.approx(4.303 * math.sqrt(5 / 3))
+    assert not significant(lo, hi)
+
+
+def test_welch_with_one_seed_on_each_side_has_no_interval():
+    d, lo, hi = welch_interval([0.3], [0.1])
+    assert d == pytest.approx(0.2) and math.isnan(lo) and math.isnan(hi)
+
+
+def test_permutation_p_by_hand():
+    # 3 + 3 fully separated seeds: of the 20 splits, only the observed one and its mirror are as extreme
+    assert permutation_p([3.0, 4.0, 5.0], [0.0, 1.0, 2.0]) == pytest.approx(2 / 20)
+    # identical groups: every split is at least as extreme as a difference of 0
+    assert permutation_p([1.0, 1.0], [1.0, 1.0]) == 1.0
+    # 2 + 1: splits {a,b|c} d=|1.5-c|... pooled [0, 1, 5], a = [5, 1] (mean 3) vs b = [0]: |3 - 0| = 3;
+    # other splits: [5, 0] vs [1]: 1.5; [1, 0] vs [5]: 4.5 -> 2 of 3 are at least 3
+    assert permutation_p([5.0, 1.0], [0.0]) == pytest.approx(2 / 3)
