@@ -339,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
             order = sorted(args_cmp, key=lambda a: (not a.startswith(BASELINE + "="), a))
             table = compare_table(order).split("\n", 2)[2]
         doc += [f"### `thinktuning compare` of the greedy eval files ({rule} rule)", "", table, ""]
-        for path in (plot_accuracy(rule, by_arm, labels, figures), plot_curves(rule, by_arm, labels, figures)):
+        arms = ordered(by_arm)
+        for path in (plot_accuracy(rule, arms, by_arm, labels, figures),
+                     plot_curves(rule, arms, by_arm, labels, figures)):
             if path is not None:
                 doc += [f"![{path.stem}](../figures/{path.name})", ""]
         doc += ["### Guided rollouts as the student saw them (teacher's words between ⟦ ⟧)", "",

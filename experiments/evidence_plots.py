@@ -24,49 +24,57 @@ def moving_average(values: list[float], window: int = 5) -> list[float]:
             for i in range(len(values))]
 
 
-def plot_curves(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str], out: Path) -> Path | None:
+CURVES = [("reward", "correct (training rule)"), ("boxed", "boxed an answer"), ("reflect", "reflection cue"),
+          ("ended", "ended before the 96-token limit")]
+"""What the learning-curve panels show. Answer loops need room to show; at 96 training tokens they stay near 0, so
+the panels show whether the student still stops instead (the eval measures loops at 256 tokens)."""
+
+
+def plot_curves(rule: str, arms: list[str], by_arm: dict[str, list[dict]], labels: dict[str, str],
+                out: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = [a for a in by_arm if a != "zero-shot" and any("curves" in p for p in by_arm[a])]
+    arms = [a for a in arms if a != "zero-shot" and any("curves" in p for p in by_arm[a])]
     if not arms:
         return None
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(16, 4.2 + 0.22 * len(arms)), sharex=True)
     for arm in arms:
         cs = [p["curves"] for p in by_arm[arm] if "curves" in p]
         n = min(len(c["step"]) for c in cs)
         steps = cs[0]["step"][:n]
-        for ax, key, title in zip(axes, ("reward", "boxed", "reflect", "loop"),
-                                  ("own samples: correct (training rule)", "own samples: boxed rate",
-                                   "own samples: reflection cue", "own samples: answer loop"), strict=True):
+        for ax, (key, title) in zip(axes, CURVES, strict=True):
             smooth = [moving_average(c[key][:n]) for c in cs]  # per seed: 16 rollouts a step are noisy
             mean = [sum(col) / len(col) for col in zip(*smooth, strict=True)]
             lo, hi = [min(col) for col in zip(*smooth, strict=True)], [max(col) for col in zip(*smooth, strict=True)]
             line, = ax.plot(steps, mean, label=f"{labels[arm]} (n={len(cs)})")
             if len(cs) > 1:
                 ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("step")
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("training step")
             ax.set_ylim(-0.02, 1.02)
-    axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"Internalisation, {rule} rule: the student's own samples (5-step mean; band: min-max over seeds)")
-    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.suptitle(f"Internalisation, {rule} rule: the student's own samples in training (5-step mean; band: min-max "
+                 "over seeds)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.05 + 0.045 * ((len(arms) + 1) // 2), 1, 1))
     path = out / f"curves-{rule}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_accuracy(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str], out: Path) -> Path:
+def plot_accuracy(rule: str, arms: list[str], by_arm: dict[str, list[dict]], labels: dict[str, str],
+                  out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arms = list(by_arm)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.6 * len(arms) + 1.8))
+    arms = arms[::-1]  # first arm on top
+    fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * len(arms) + 1.8), sharey=True)
     for ax, which, title in zip(axes, ("paper", "lenient"), ("paper rule (boxed)", "lenient rule (last number)"),
                                 strict=True):
         for y, arm in enumerate(arms):
@@ -77,11 +85,12 @@ def plot_accuracy(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, st
             ax.plot(vals, [y] * len(vals), "o", color="#999", ms=4)
             ax.plot([m], [y], "D", color="#1f77b4")
             ax.plot([lo, hi], [y, y], "-" if len(vals) > 1 else "--", color="#1f77b4")
-        ax.set_yticks(range(len(arms)), [labels[a] for a in arms], fontsize=8)
-        ax.set_title(f"held-out accuracy, {title}", fontsize=9)
-        ax.set_xlim(-0.02, max(0.3, ax.get_xlim()[1]))
-    fig.suptitle("Greedy accuracy on 300 held-out arithmetic problems (grey: seeds; blue: mean and 95% t-interval "
-                 "over seeds; dashed: one seed, 95% Wilson interval over items)", fontsize=10)
+        ax.set_yticks(range(len(arms)), [f"{labels[a]} (n={len(by_arm[a])})" for a in arms], fontsize=8)
+        ax.set_title(f"held-out accuracy, {title}", fontsize=10)
+        ax.set_xlim(-0.02, max(0.6, ax.get_xlim()[1]))
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Greedy accuracy on 300 held-out arithmetic problems\ngrey: seeds; blue: mean and 95% t-interval over "
+                 "seeds; dashed: one seed, 95% Wilson interval over items", fontsize=10)
     fig.tight_layout()
     path = out / f"accuracy-{rule}.png"
     fig.savefig(path, dpi=110)
