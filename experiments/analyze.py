@@ -163,16 +163,20 @@ def seed_checks(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[s
     if FORMAT_BASELINE not in by_arm:
         return []
     base = by_arm[FORMAT_BASELINE]
-    head = ["arm", "seeds vs baseline seeds", *[f"Δ {w} rule, Welch 95% t over seed means; exact permutation p"
-                                                for w in ("paper", "lenient")]]
+    checks = [("paper", "greedy"), ("lenient", "greedy"), ("pass@4 paper", "pass4")]
+    head = ["arm", "seeds vs baseline seeds", *[f"Δ {name}, Welch 95% t over seed means; exact permutation p"
+                                                for name in ("paper rule", "lenient rule", "pass@4 (paper rule)")]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in ordered(by_arm):
         ps = by_arm[arm]
         if arm == FORMAT_BASELINE or len(ps) < 2:
             continue
         cells = [labels[arm], f"{len(ps)} vs {len(base)}"]
-        for which in ("paper", "lenient"):
-            a, b = [p["greedy"][which] for p in ps], [p["greedy"][which] for p in base]
+        for key, part in checks:
+            a, b = [p[part][key] for p in ps if part in p], [p[part][key] for p in base if part in p]
+            if not a or not b:
+                cells.append("–")
+                continue
             d, lo, hi = welch_interval(a, b)
             cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if significant(lo, hi) else ''}; "
                          f"p = {permutation_p(a, b):.2f}")
