@@ -39,6 +39,8 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from thinktuning.jsonl import iter_jsonl
+
 __all__ = [
     "BEHAVIOURS",
     "EXAMPLES",
@@ -296,16 +298,11 @@ def reflection_rates(texts: Iterable[str]) -> dict[str, float]:
 
 
 def _records(path: str | Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not a JSON line ({e.msg})") from e
-            if isinstance(rec, dict):
-                yield rec
+    for lineno, rec in iter_jsonl(path):
+        if isinstance(rec, json.JSONDecodeError):
+            raise ValueError(f"{path}:{lineno}: not a JSON line ({rec.msg})")
+        if isinstance(rec, dict):
+            yield rec
 
 
 def _span(rec: dict) -> tuple[int, int] | None:
@@ -342,7 +339,9 @@ def rollout_rates(path: str | Path, *, guided: bool | None = False, field: str =
     """:func:`reflection_rates` over the rollouts in a ``rollouts.jsonl``.
 
     ``guided``: False (default) keeps only unguided rollouts -- does the student reflect *without* the teacher? --,
-    True only guided ones, None all. ``field``: ``"response"`` runs detection on the student's own words (for a guided
+    True only guided ones, None all. With spliced guidance, ``guided=None`` and ``field="response"`` is every sample
+    of the student's own: only finished rollouts are guided, so the unguided ones alone lean towards unfinished ones.
+    ``field``: ``"response"`` runs detection on the student's own words (for a guided
     rollout with a ``teacher_span`` [start, end], ``response[:start]``); ``"teacher"`` on the teacher's words
     ``response[start:end]`` (rollouts without a span are skipped); any other name on that key's string value
     (e.g. ``"teacher_raw"``; rollouts without it are skipped). Blank lines are ignored; a malformed line raises
