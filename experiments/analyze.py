@@ -118,31 +118,33 @@ def arm_table(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str]) 
     return lines
 
 
-FAMILY_REFERENCE = "tt-scripted-const"
-"""The guidance family's arms (issue 17) are compared with ThinkTuning under the same scripted teacher, schedule and
-pinned settings, on the seeds both have."""
+REFERENCE = "tt-scripted-const"
+"""ThinkTuning's variants (another teacher, schedule, shaping or splice boundary) and the guidance family's arms
+(issue 17) are compared with ThinkTuning under the scripted teacher on a constant schedule, on the seeds both have."""
+VARIANTS = ("tt-scripted-const-skip", "tt-scripted-const-luffy", "tt-scripted-paper", "tt-model-const")
+FAMILY = ("family-expert", "family-hint", "family-refine")
 
 
-def family_table(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
-    """Each family arm against ThinkTuning (scripted, constant) on the same seeds: the arm's cells and the paired
-    difference over items and those seeds."""
-    arms = [a for a in ("family-expert", "family-hint", "family-refine") if a in by_arm]
-    if not arms or FAMILY_REFERENCE not in by_arm:
+def same_seed_table(by_arm: dict[str, list[dict]], labels: dict[str, str], group: tuple[str, ...]) -> list[str]:
+    """Each arm of ``group`` against ``REFERENCE`` on the same seeds: the arm's cells and the paired difference over
+    items and those seeds."""
+    arms = [a for a in group if a in by_arm]
+    if not arms or REFERENCE not in by_arm:
         return []
     head = ["arm", "seeds", *[name for _, name in GREEDY_KEYS[:6]], "pass@4 (100 items, T=1)",
-            *[f"Δ acc vs {FAMILY_REFERENCE} [95% CI], {which} rule" for which in ("paper", "lenient")]]
+            *[f"Δ acc vs {REFERENCE} [95% CI], {which} rule" for which in ("paper", "lenient")]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arm in [FAMILY_REFERENCE, *arms]:
+    for arm in [REFERENCE, *arms]:
         ps = by_arm[arm]
         seeds = sorted(p["seed"] for p in ps)
-        if arm == FAMILY_REFERENCE:
+        if arm == REFERENCE:
             seeds = sorted({p["seed"] for a in arms for p in by_arm[a]} & set(seeds))
             ps = [p for p in ps if p["seed"] in seeds]
-        base = [p for p in by_arm[FAMILY_REFERENCE] if p["seed"] in seeds]
+        base = [p for p in by_arm[REFERENCE] if p["seed"] in seeds]
         cells = [labels[arm], ", ".join(map(str, seeds))]
         cells += [fmt([p["greedy"][k] for p in ps]) for k, _ in GREEDY_KEYS[:6]]
         cells.append(fmt([p["pass4"]["pass@4 paper"] for p in ps if "pass4" in p]))
-        same = arm == FAMILY_REFERENCE or len(base) != len(ps)
+        same = arm == REFERENCE or len(base) != len(ps)
         cells += ["–" if same else delta(ps, base, which) for which in ("paper", "lenient")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -328,11 +330,12 @@ def main(argv: list[str] | None = None) -> int:
                     "and refine arms' guided rollouts hold no whole sample of the student's, so those arms' rates "
                     "come from the unguided rest, which leans towards unfinished samples (only finished ones are "
                     "guided). Correct: under the training rule. Mean over seeds of each seed's window rate.", ""]
-        family = family_table(by_arm, labels)
-        if family:
-            doc += [f"### The guidance family against ThinkTuning on the same seeds ({rule} rule)", "", *family, "",
-                    f"Δ: paired bootstrap over the 300 items and the seeds both arms have; `*`: the interval excludes "
-                    f"0. The {FAMILY_REFERENCE} row is restricted to those seeds.", ""]
+        for group, title in ((VARIANTS, "ThinkTuning's variants"), (FAMILY, "The guidance family")):
+            table = same_seed_table(by_arm, labels, group)
+            if table:
+                doc += [f"### {title} against ThinkTuning on the same seeds ({rule} rule)", "", *table, "",
+                        "Δ: paired bootstrap over the 300 items and the seeds both arms have; `*`: the interval "
+                        f"excludes 0. The {REFERENCE} row is restricted to those seeds.", ""]
         with tempfile.TemporaryDirectory() as tmp:
             args_cmp = []
             for arm, ps in by_arm.items():
