@@ -347,8 +347,11 @@ def main(argv: list[str] | None = None) -> int:
             table = compare_table(order).split("\n", 2)[2]
         doc += [f"### `thinktuning compare` of the greedy eval files ({rule} rule)", "", table, ""]
         arms = ordered(by_arm)
+        main = [a for a in arms if a not in FAMILY]
+        family = [a for a in arms if a in FAMILY or a == REFERENCE] if set(FAMILY) & set(arms) else []
         for path in (plot_accuracy(rule, arms, by_arm, labels, figures),
-                     plot_curves(rule, arms, by_arm, labels, figures)):
+                     plot_curves(rule, main, by_arm, labels, figures),
+                     plot_curves(rule, family, by_arm, labels, figures, name="curves-family")):
             if path is not None:
                 doc += [f"![{path.stem}](../figures/{path.name})", ""]
         doc += ["### Guided rollouts as the student saw them (teacher's words between ⟦ ⟧)", "",

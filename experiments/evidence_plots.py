@@ -31,7 +31,7 @@ the panels show whether the student still stops instead (the eval measures loops
 
 
 def plot_curves(rule: str, arms: list[str], by_arm: dict[str, list[dict]], labels: dict[str, str],
-                out: Path) -> Path | None:
+                out: Path, name: str = "curves") -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,8 +59,8 @@ def plot_curves(rule: str, arms: list[str], by_arm: dict[str, list[dict]], label
     fig.legend(handles, names, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(f"Internalisation, {rule} rule: the student's own samples in training (5-step mean; band: min-max "
                  "over seeds)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.05 + 0.045 * ((len(arms) + 1) // 2), 1, 1))
-    path = out / f"curves-{rule}.png"
+    fig.tight_layout(rect=(0, 0.02 + 0.04 * ((len(arms) + 1) // 2), 1, 1))
+    path = out / f"{name}-{rule}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
