@@ -23,7 +23,7 @@ from evidence_plots import plot_accuracy, plot_curves
 
 from thinktuning.eval.compare import compare_table
 from thinktuning.eval.metrics import answer_change, repeats, same_answer
-from thinktuning.eval.reflection import detect
+from thinktuning.eval.reflection import detect, own_sample
 from thinktuning.eval.stats import mean_ci, paired_bootstrap, permutation_p, significant, welch_interval
 from thinktuning.rewards.answers import boxed_answers, extract_answer
 
@@ -184,21 +184,6 @@ def seed_checks(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[s
                          f"p = {permutation_p(a, b):.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
-
-
-def own_sample(r: dict) -> tuple[str, bool] | None:
-    """The student's own sample in a rollout row, and whether it ended before the length limit; None if the row holds
-    no whole sample of the student's (a hint's continuation, an expert's solution, a refinement).
-
-    A spliced rollout keeps the student's whole finished sample before the teacher's span. Guidance picks only
-    finished rollouts, so leaving the spliced ones out would bias the unguided rest towards unfinished ones.
-    """
-    if not r.get("guided") or r.get("no_feedback"):
-        return r["response"], bool(r.get("finished"))
-    span = r.get("teacher_span")
-    if span and span[0] > 0:
-        return r["response"][: span[0]], True
-    return None
 
 
 def curves(rollouts: list[dict]) -> dict[str, list[float]]:

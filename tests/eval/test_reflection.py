@@ -15,6 +15,7 @@ from thinktuning.eval.reflection import (
     EXAMPLES,
     PATTERNS,
     detect,
+    own_sample,
     rates_by_step,
     recomputes,
     reflection_rates,
@@ -191,7 +192,7 @@ def _write_rollouts(path):
         },
         # step 1: unguided, reflects (backtracking)
         {"step": 1, "guided": False, "response": "Actually, it is 5.", "teacher_span": None},
-        # step 1: guided but no span recorded: whole response is the student's
+        # step 1: guided but no span recorded (a refinement written with the critique in context): not unaided
         {"step": 1, "guided": True, "response": "Are you sure? Yes.", "teacher_span": None},
     ]
     lines = [json.dumps(r) for r in rows]
@@ -200,21 +201,30 @@ def _write_rollouts(path):
     return path
 
 
+def test_own_sample():
+    assert own_sample({"guided": False, "response": "x = 2", "finished": True}) == ("x = 2", True)
+    assert own_sample({"response": "x = 2"}) == ("x = 2", False)  # unfinished: ran into the length limit
+    spliced = {"guided": True, "response": "ab" + "TEACHER", "teacher_span": [2, 9], "finished": True}
+    assert own_sample(spliced) == ("ab", True)  # only finished samples are spliced
+    assert own_sample({"guided": True, "no_feedback": True, "response": "ab", "finished": False}) == ("ab", False)
+    assert own_sample({"guided": True, "response": "hint, then mine", "teacher_span": [0, 5]}) is None
+    assert own_sample({"guided": True, "response": "refined", "teacher_span": None}) is None
+
+
 def test_rollout_rates_guided_filter(tmp_path):
     path = _write_rollouts(tmp_path / "rollouts.jsonl")
-    unguided = rollout_rates(path)  # default guided=False: 3 unguided rollouts
+    every = rollout_rates(str(path))  # default guided=None: the student's 4 own samples (rows 1-4)
+    assert every["verification"] == pytest.approx(1 / 4)
+    assert every["backtracking"] == pytest.approx(1 / 4)
+    assert every["any"] == pytest.approx(2 / 4)
+
+    unguided = rollout_rates(path, guided=False)  # 3 unguided rollouts
     assert unguided["verification"] == pytest.approx(1 / 3)
     assert unguided["backtracking"] == pytest.approx(1 / 3)
     assert unguided["any"] == pytest.approx(2 / 3)
 
-    guided = rollout_rates(path, guided=True)  # 2 guided: student part of #3 is plain; #5 consults itself
-    assert guided["self-conflict"] == 0.0
-    assert guided["backtracking"] == 0.0
-    assert guided["self-consultation"] == 0.5
-    assert guided["any"] == 0.5
-
-    every = rollout_rates(str(path), guided=None)
-    assert every["any"] == pytest.approx(3 / 5)
+    guided = rollout_rates(path, guided=True)  # only the spliced row has a sample of its own, and it is plain
+    assert guided == dict.fromkeys((*BEHAVIOURS, "any"), 0.0)
 
 
 def test_rollout_rates_teacher_span_slicing(tmp_path):
@@ -246,13 +256,12 @@ def test_rates_by_step(tmp_path):
     path = _write_rollouts(tmp_path / "rollouts.jsonl")
     by_step = rates_by_step(path)
     assert list(by_step) == [0, 1]
-    assert by_step[0]["verification"] == 0.5
-    assert by_step[0]["any"] == 0.5
+    assert by_step[0]["verification"] == pytest.approx(1 / 3)
+    assert by_step[0]["any"] == pytest.approx(1 / 3)
     assert by_step[1]["backtracking"] == 1.0
     assert by_step[1]["any"] == 1.0
     guided = rates_by_step(path, guided=True)
-    assert guided[0]["any"] == 0.0
-    assert guided[1]["self-consultation"] == 1.0
+    assert guided == {0: dict.fromkeys((*BEHAVIOURS, "any"), 0.0)}  # step 1's guided row has no own sample
     assert rates_by_step(path, guided=True, field="teacher") == {0: rollout_rates(path, guided=True, field="teacher")}
 
 
@@ -268,8 +277,33 @@ def test_detect_never_raises(text):
 
 
 _ALPHABET = st.sampled_from(
-    ["wait", "Wait,", " ", "  ", ".", "?", "\n", "let me", "check", "3 * 4 = 12", "the problem says", "No,",
-     "did I", "more", "careful", "verify", "back in", "12", "+", "=", "a", "b", "x", "'", "\\times"]
+    [
+        "wait",
+        "Wait,",
+        " ",
+        "  ",
+        ".",
+        "?",
+        "\n",
+        "let me",
+        "check",
+        "3 * 4 = 12",
+        "the problem says",
+        "No,",
+        "did I",
+        "more",
+        "careful",
+        "verify",
+        "back in",
+        "12",
+        "+",
+        "=",
+        "a",
+        "b",
+        "x",
+        "'",
+        "\\times",
+    ]
 )
 
 

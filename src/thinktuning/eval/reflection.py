@@ -46,6 +46,7 @@ __all__ = [
     "EXAMPLES",
     "PATTERNS",
     "detect",
+    "own_sample",
     "rates_by_step",
     "recomputes",
     "reflection_rates",
@@ -312,15 +313,31 @@ def _span(rec: dict) -> tuple[int, int] | None:
     return None
 
 
+def own_sample(rec: dict) -> tuple[str, bool] | None:
+    """The student's own, unaided sample in a rollout row and whether it ended before the length limit; None if the
+    row holds no whole sample of the student's (a hint's continuation, an expert's solution, a refinement written with
+    the critique in context).
+
+    A spliced rollout keeps the student's whole finished sample before the teacher's span, so it counts: guidance picks
+    only finished rollouts, and leaving the spliced ones out would bias the rest towards unfinished ones.
+    """
+    response = str(rec.get("response") or "")
+    if not rec.get("guided") or rec.get("no_feedback"):
+        return response, bool(rec.get("finished"))
+    span = _span(rec)
+    if span and span[0] > 0:
+        return response[: span[0]], True
+    return None
+
+
 def _text(rec: dict, guided: bool | None, field: str) -> str | None:
     """The text of one rollout to run detection on, or None when it is filtered out or has no such text."""
-    is_guided = bool(rec.get("guided"))
+    is_guided = bool(rec.get("guided")) and not rec.get("no_feedback")
     if guided is not None and is_guided != guided:
         return None
     if field == "response":
-        response = str(rec.get("response") or "")
-        span = _span(rec)
-        return response[: span[0]] if is_guided and span else response
+        own = own_sample(rec)
+        return own[0] if own else None
     if field == "teacher":
         span = _span(rec)
         return str(rec.get("response") or "")[span[0] : span[1]] if span else None
@@ -335,23 +352,22 @@ def _selected(path: str | Path, guided: bool | None, field: str) -> Iterator[tup
             yield rec, text
 
 
-def rollout_rates(path: str | Path, *, guided: bool | None = False, field: str = "response") -> dict[str, float]:
+def rollout_rates(path: str | Path, *, guided: bool | None = None, field: str = "response") -> dict[str, float]:
     """:func:`reflection_rates` over the rollouts in a ``rollouts.jsonl``.
 
-    ``guided``: False (default) keeps only unguided rollouts -- does the student reflect *without* the teacher? --,
-    True only guided ones, None all. With spliced guidance, ``guided=None`` and ``field="response"`` is every sample
-    of the student's own: only finished rollouts are guided, so the unguided ones alone lean towards unfinished ones.
-    ``field``: ``"response"`` runs detection on the student's own words (for a guided
-    rollout with a ``teacher_span`` [start, end], ``response[:start]``); ``"teacher"`` on the teacher's words
-    ``response[start:end]`` (rollouts without a span are skipped); any other name on that key's string value
-    (e.g. ``"teacher_raw"``; rollouts without it are skipped). Blank lines are ignored; a malformed line raises
-    ValueError naming it.
+    ``guided``: None (default) keeps every row, True only rows the teacher changed, False only the others (a row whose
+    teacher gave no feedback counts as unguided). ``field``: ``"response"`` runs detection on the student's own,
+    unaided sample (:func:`own_sample`; rows without one are skipped), so the default answers "does the student
+    reflect without the teacher?" over every sample it drew; ``"teacher"`` on the teacher's words
+    ``response[start:end]`` of a ``teacher_span`` (rows without a span are skipped); any other name on that key's
+    string value (e.g. ``"teacher_raw"``; rows without it are skipped). Blank lines are ignored; a malformed line
+    raises ValueError naming it.
     """
     return reflection_rates(text for _, text in _selected(path, guided, field))
 
 
 def rates_by_step(
-    path: str | Path, *, guided: bool | None = False, field: str = "response"
+    path: str | Path, *, guided: bool | None = None, field: str = "response"
 ) -> dict[int, dict[str, float]]:
     """:func:`rollout_rates` per training step (the rollouts' integer ``"step"`` key), in step order.
 
