@@ -277,33 +277,8 @@ def test_detect_never_raises(text):
 
 
 _ALPHABET = st.sampled_from(
-    [
-        "wait",
-        "Wait,",
-        " ",
-        "  ",
-        ".",
-        "?",
-        "\n",
-        "let me",
-        "check",
-        "3 * 4 = 12",
-        "the problem says",
-        "No,",
-        "did I",
-        "more",
-        "careful",
-        "verify",
-        "back in",
-        "12",
-        "+",
-        "=",
-        "a",
-        "b",
-        "x",
-        "'",
-        "\\times",
-    ]
+    ["wait", "Wait,", " ", "  ", ".", "?", "\n", "let me", "check", "3 * 4 = 12", "the problem says", "No,",
+     "did I", "more", "careful", "verify", "back in", "12", "+", "=", "a", "b", "x", "'", "\\times"]
 )
 
 
