@@ -313,6 +313,12 @@ def _span(rec: dict) -> tuple[int, int] | None:
     return None
 
 
+def _guided(rec: dict) -> bool:
+    """Whether the teacher changed this row (the trainer never writes ``guided`` with ``no_feedback``; a row that has
+    both, written by hand, counts as unguided)."""
+    return bool(rec.get("guided")) and not rec.get("no_feedback")
+
+
 def own_sample(rec: dict) -> tuple[str, bool] | None:
     """The student's own, unaided sample in a rollout row and whether it ended before the length limit; None if the
     row holds no whole sample of the student's (a hint's continuation, an expert's solution, a refinement written with
@@ -322,7 +328,7 @@ def own_sample(rec: dict) -> tuple[str, bool] | None:
     only finished rollouts, and leaving the spliced ones out would bias the rest towards unfinished ones.
     """
     response = str(rec.get("response") or "")
-    if not rec.get("guided") or rec.get("no_feedback"):
+    if not _guided(rec):
         return response, bool(rec.get("finished"))
     span = _span(rec)
     if span and span[0] > 0:
@@ -332,8 +338,7 @@ def own_sample(rec: dict) -> tuple[str, bool] | None:
 
 def _text(rec: dict, guided: bool | None, field: str) -> str | None:
     """The text of one rollout to run detection on, or None when it is filtered out or has no such text."""
-    is_guided = bool(rec.get("guided")) and not rec.get("no_feedback")
-    if guided is not None and is_guided != guided:
+    if guided is not None and _guided(rec) != guided:
         return None
     if field == "response":
         own = own_sample(rec)
