@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 WORKER = textwrap.dedent('''
-    import copy, datetime, json, sys
+    import copy, datetime, json, os, sys
     import torch, torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -52,8 +52,10 @@ WORKER = textwrap.dedent('''
         ref = sample(plain, prompts, generator=torch.Generator().manual_seed(100 * rank + c), **kw)
         out.append({"lock": [(r.response_ids, r.logprobs, r.finished) for r in lock],
                     "plain": [(r.response_ids, r.logprobs, r.finished) for r in ref]})
-    json.dump(out, open(sys.argv[1] + f"/rank{rank}.json", "w"))
+    with open(sys.argv[1] + f"/rank{rank}.json", "w") as f:
+        json.dump(out, f)
     dist.destroy_process_group()
+    os._exit(0)  # as train does: interpreter finalization after gloo can abort ("terminate called ...")
 ''')
 
 
