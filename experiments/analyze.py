@@ -87,6 +87,14 @@ GREEDY_KEYS = [("paper", "accuracy, paper rule (boxed)"), ("lenient", "accuracy,
                ("second answer right->wrong", "2nd answer broke a right 1st")]
 
 
+def md_head(head: list[str]) -> list[str]:
+    return [md_row(head), "|" + "---|" * len(head)]
+
+
+def md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def fmt(values: list[float]) -> str:
     m, _lo, hi = mean_ci(values)
     if math.isnan(m):
@@ -108,14 +116,14 @@ def arm_table(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str]) 
     baselines = [b for b in (BASELINE, FORMAT_BASELINE) if b in by_arm]
     head = ["arm", "seeds", *[name for _, name in GREEDY_KEYS], "pass@4 (100 items, T=1)",
             *[f"Δ acc vs {b} [95% CI], {which} rule" for b in baselines for which in ("paper", "lenient")]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     for arm in arms:
         ps = by_arm[arm]
         cells = [labels[arm], str(len(ps))]
         cells += [fmt([p["greedy"][k] for p in ps]) for k, _ in GREEDY_KEYS]
         cells.append(fmt([p["pass4"][f"pass@4 {rule}"] for p in ps if "pass4" in p]))
         cells += [delta(ps, by_arm[b], which) if arm != b else "–" for b in baselines for which in ("paper", "lenient")]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(md_row(cells))
     return lines
 
 
@@ -134,7 +142,7 @@ def same_seed_table(by_arm: dict[str, list[dict]], labels: dict[str, str], group
         return []
     head = ["arm", "seeds", *[name for _, name in GREEDY_KEYS[:6]], "pass@4 (100 items, T=1)",
             *[f"Δ acc vs {REFERENCE} [95% CI], {which} rule" for which in ("paper", "lenient")]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     for arm in [REFERENCE, *arms]:
         ps = by_arm[arm]
         seeds = sorted(p["seed"] for p in ps)
@@ -147,7 +155,7 @@ def same_seed_table(by_arm: dict[str, list[dict]], labels: dict[str, str], group
         cells.append(fmt([p["pass4"]["pass@4 paper"] for p in ps if "pass4" in p]))
         same = arm == REFERENCE or len(base) != len(ps)
         cells += ["–" if same else delta(ps, base, which) for which in ("paper", "lenient")]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(md_row(cells))
     return lines
 
 
@@ -170,7 +178,7 @@ def seed_checks(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[s
     names = ("paper rule", "lenient rule", "pass@4 (paper rule)", "one sample at T=1 (paper rule)")
     head = ["arm", "seeds vs baseline seeds", *[f"Δ {name}, Welch 95% t over seed means; exact permutation p"
                                                 for name in names]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     for arm in ordered(by_arm):
         ps = by_arm[arm]
         if arm == FORMAT_BASELINE or len(ps) < 2:
@@ -184,7 +192,7 @@ def seed_checks(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[s
             d, lo, hi = welch_interval(a, b)
             cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if significant(lo, hi) else ''}; "
                          f"p = {permutation_p(a, b):.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(md_row(cells))
     return lines
 
 
@@ -207,21 +215,24 @@ def curves(rollouts: list[dict]) -> dict[str, list[float]]:
     return out
 
 
+def rate(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows)
+
+
 def decoding_table(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
     """Greedy against sampled decoding on the same 100 items, per seed: how much of the gap between greedy
     accuracy and pass@4 is the answer loop (a greedy habit) and how much is four tries."""
     head = ["arm", "seed", "greedy accuracy", "one sample at T=1", "pass@4", "greedy loops", "sampled loops",
             "greedy loops whose first boxed answer was right"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     for arm in ordered(by_arm):
         for p in sorted((p for p in by_arm[arm] if "pass4" in p), key=lambda p: p["seed"]):
             greedy = [p["items"][i][0] for i in p["pass4_items"] if i in p["items"]]
-            mean = lambda key, rows=greedy: sum(r[key] for r in rows) / len(rows)  # noqa: E731
             lost = sum(r["loop"] * r["first_right"] for r in greedy) / len(greedy)
-            cells = [labels[arm], str(p["seed"]), f"{mean('paper'):.2f}", f"{p['pass4']['paper']:.2f}",
-                     f"{p['pass4']['pass@4 paper']:.2f}", f"{mean('loop'):.2f}", f"{p['pass4']['loop']:.2f}",
+            cells = [labels[arm], str(p["seed"]), f"{rate(greedy, 'paper'):.2f}", f"{p['pass4']['paper']:.2f}",
+                     f"{p['pass4']['pass@4 paper']:.2f}", f"{rate(greedy, 'loop'):.2f}", f"{p['pass4']['loop']:.2f}",
                      f"{lost:.2f}"]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(md_row(cells))
     return lines
 
 
@@ -232,14 +243,14 @@ SEED_KEYS = [("paper", "paper rule"), ("lenient", "last-number rule"), ("boxed",
 def seed_table(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
     """One row per piece: the spread across seeds that the means hide."""
     head = ["arm", "seed", *[name for _, name in SEED_KEYS], "pass@4 (100 items, T=1)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     for arm in ordered(by_arm):
         for p in sorted(by_arm[arm], key=lambda p: p["seed"]):
             g = p["greedy"]
             cells = [labels[arm], str(p["seed"]), *[f"{g[k]:.1f}" if k == "tokens" else f"{g[k]:.3f}" for k, _ in
                                                     SEED_KEYS]]
             cells.append(f"{p['pass4']['pass@4 paper']:.2f}" if "pass4" in p else "–")
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(md_row(cells))
     return lines
 
 
@@ -255,7 +266,7 @@ def window_table(by_arm: dict[str, list[dict]], labels: dict[str, str], width: i
     last = max(max(p["curves"]["step"]) for a in arms for p in by_arm[a] if "curves" in p)
     windows = [(lo, min(lo + width - 1, last)) for lo in range(1, last + 1, width)]
     head = ["arm", "seeds", "own samples", *[f"steps {lo}–{hi}" for lo, hi in windows]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = md_head(head)
     for arm in arms:
         cs = [p["curves"] for p in by_arm[arm] if "curves" in p]
         for key, name in WINDOW_KEYS:
@@ -264,7 +275,7 @@ def window_table(by_arm: dict[str, list[dict]], labels: dict[str, str], width: i
                 per_seed = [[v for s, v in zip(c["step"], c[key], strict=True) if lo <= s <= hi] for c in cs]
                 per_seed = [sum(v) / len(v) for v in per_seed if v]
                 cells.append(f"{100 * sum(per_seed) / len(per_seed):.0f}%" if per_seed else "–")
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(md_row(cells))
     return lines
 
 
