@@ -31,6 +31,7 @@ from evidence_tables import (
     decoding_table,
     ordered,
     quotes,
+    rate,
     same_seed_table,
     seed_checks,
     seed_table,
@@ -93,8 +94,7 @@ def item_table(ev: dict) -> dict[str, dict]:
 
 def summarise(table: dict[str, dict]) -> dict[str, float]:
     flat = [r for rows in table.values() for r in rows]
-    m = {k: sum(r[k] for r in flat) / len(flat) for k in ("paper", "lenient", "boxed", "tokens", "loop", "reflect",
-                                                          "copied")}
+    m = {k: rate(flat, k) for k in ("paper", "lenient", "boxed", "tokens", "loop", "reflect", "copied")}
     changes = [r["change"] for r in flat if r["change"]]
     for kind in ("wrong->right", "right->wrong", "wrong->wrong", "kept"):
         m[f"second answer {kind}"] = sum(c == kind for c in changes) / len(flat)

@@ -13,20 +13,22 @@ is tokenized on its own, as the splice does.
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import statistics
+from pathlib import Path
 
 import torch
+from analyze import load
 
 from thinktuning.data.examples import build_prompt
 from thinktuning.models.load import encode_user_turns, end_of_turn_id, load_model, load_tokenizer
 from thinktuning.models.resolve import resolve
+from thinktuning.objective.shaping import luffy_shaping
 
 
-def luffy_weight(pi: float) -> float:
-    """LUFFY's gradient coefficient on a guided token, c = 0.1 pi / (pi + 0.1)^2 (``objective/shaping.py``)."""
-    return 0.1 * pi / (pi + 0.1) ** 2
+def luffy_weights(pis: list[float]) -> list[float]:
+    """LUFFY's gradient coefficient c on guided tokens of these probabilities, from the trainer's own shaping."""
+    logp = torch.tensor([pis], dtype=torch.float64).log()
+    return luffy_shaping(logp, torch.ones(1, 1, dtype=torch.float64)).weight[0].tolist()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = resolve(args.model)
     tok, model = load_tokenizer(spec), load_model(spec).eval()
     eos = end_of_turn_id(tok)
-    with gzip.open(args.rollouts, "rt", encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
+    records = load(Path(args.rollouts))
     guided = [r for r in records if r.get("guided") and r.get("teacher_span") and r["step"] <= args.max_step]
     first, rest, end = [], [], []
     for r in guided:
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(guided)} guided rollouts of steps 1-{args.max_step}")
     print(f"first teacher token: pi median {statistics.median(first):.3f} (max {max(first):.3f}); "
           f"end-of-turn at the same place: pi median {statistics.median(end):.3f}")
-    print(f"LUFFY's weight c: first teacher token median {statistics.median(map(luffy_weight, first)):.3f}; "
-          f"the other teacher tokens mean {statistics.mean(map(luffy_weight, rest)):.3f} (AAS: c ~ 1)")
+    print(f"LUFFY's weight c: first teacher token median {statistics.median(luffy_weights(first)):.3f}; "
+          f"the other teacher tokens mean {statistics.mean(luffy_weights(rest)):.3f} (AAS: c ~ 1)")
     return 0
 
 
