@@ -24,11 +24,11 @@ from evidence_plots import plot_accuracy, plot_curves
 from evidence_tables import (
     BASELINE,
     FAMILY,
-    FORMAT_BASELINE,
     REFERENCE,
     VARIANTS,
     arm_table,
     decoding_table,
+    fair_baseline,
     ordered,
     quotes,
     rate,
@@ -156,14 +156,14 @@ def main(argv: list[str] | None = None) -> int:
                 "", *arm_table(rule, by_arm, labels), ""]
         doc += ["Cells: mean over seeds ± half-width of the 95% t-interval (one seed: no interval). Δ: paired "
                 "bootstrap over the 300 items and the seeds; `*`: the interval excludes 0.", ""]
-        doc += [f"### Each seed ({rule} rule)", "", *seed_table(by_arm, labels), ""]
-        checks = seed_checks(by_arm, labels)
+        doc += [f"### Each seed ({rule} rule)", "", *seed_table(by_arm, labels, rule), ""]
+        checks = seed_checks(by_arm, labels, rule)
         if checks:
-            doc += [f"### Seed-level check against {FORMAT_BASELINE} ({rule} rule)", "", *checks, "",
+            doc += [f"### Seed-level check against {fair_baseline(rule)} ({rule} rule)", "", *checks, "",
                     "Only the seed means, no items: a Welch t-interval (degrees of freedom rounded down) and an "
                     "exact two-sided permutation test. Its smallest possible p is 0.10 with 3 + 3 seeds, 0.029 with "
                     "4 + 4 and 0.008 with 5 + 5; with unequal groups it can reach 1 / C(n, k) (0.029 for 3 + 4).", ""]
-        decoding = decoding_table(by_arm, labels)
+        decoding = decoding_table(by_arm, labels, rule)
         if len(decoding) > 2:
             doc += [f"### Greedy against sampled decoding, same 100 items ({rule} rule)", "", *decoding, "",
                     "One sample at T=1: the mean accuracy of the four sampled answers per item (avg@4). Loops: "
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                     "come from the unguided rest, which leans towards unfinished samples (only finished ones are "
                     "guided). Correct: under the training rule. Mean over seeds of each seed's window rate.", ""]
         for group, title in ((VARIANTS, "ThinkTuning's variants"), (FAMILY, "The guidance family")):
-            table = same_seed_table(by_arm, labels, group)
+            table = same_seed_table(by_arm, labels, group, rule)
             if table:
                 doc += [f"### {title} against ThinkTuning on the same seeds ({rule} rule)", "", *table, "",
                         "Δ: paired bootstrap over the 300 items and the seeds both arms have; `*`: the interval "

@@ -68,7 +68,8 @@ VARIANTS = ("tt-scripted-const-skip", "tt-scripted-const-luffy", "tt-scripted-pa
 FAMILY = ("family-expert", "family-hint", "family-refine")
 
 
-def same_seed_table(by_arm: dict[str, list[dict]], labels: dict[str, str], group: tuple[str, ...]) -> list[str]:
+def same_seed_table(by_arm: dict[str, list[dict]], labels: dict[str, str], group: tuple[str, ...],
+                    rule: str = "paper") -> list[str]:
     """Each arm of ``group`` against ``REFERENCE`` on the same seeds: the arm's cells and the paired difference over
     items and those seeds."""
     arms = [a for a in group if a in by_arm]
@@ -86,7 +87,7 @@ def same_seed_table(by_arm: dict[str, list[dict]], labels: dict[str, str], group
         base = [p for p in by_arm[REFERENCE] if p["seed"] in seeds]
         cells = [labels[arm], ", ".join(map(str, seeds))]
         cells += [fmt([p["greedy"][k] for p in ps]) for k, _ in GREEDY_KEYS[:6]]
-        cells.append(fmt([p["pass4"]["pass@4 paper"] for p in ps if "pass4" in p]))
+        cells.append(fmt([p["pass4"][f"pass@4 {rule}"] for p in ps if "pass4" in p]))
         same = arm == REFERENCE or len(base) != len(ps)
         cells += ["–" if same else delta(ps, base, which) for which in ("paper", "lenient")]
         lines.append(md_row(cells))
@@ -102,20 +103,27 @@ def delta(arm: list[dict], base: list[dict], which: str) -> str:
     return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + ("*" if significant(lo, hi) else "")
 
 
-def seed_checks(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
-    """Each trained arm against the format baseline over seed means alone (:func:`welch_interval`,
+def fair_baseline(rule: str) -> str:
+    """The baseline a trained arm must beat: under the paper's rule plain GRPO never updates, so the format baseline;
+    under the lenient rule plain GRPO has a signal of its own."""
+    return FORMAT_BASELINE if rule == "paper" else BASELINE
+
+
+def seed_checks(by_arm: dict[str, list[dict]], labels: dict[str, str], rule: str = "paper") -> list[str]:
+    """Each trained arm against :func:`fair_baseline` over seed means alone (:func:`welch_interval`,
     :func:`permutation_p`): what the seeds carry without the items' resampling."""
-    if FORMAT_BASELINE not in by_arm:
+    baseline = fair_baseline(rule)
+    if baseline not in by_arm:
         return []
-    base = by_arm[FORMAT_BASELINE]
-    checks = [("paper", "greedy"), ("lenient", "greedy"), ("pass@4 paper", "pass4"), ("paper", "pass4")]
-    names = ("paper rule", "lenient rule", "pass@4 (paper rule)", "one sample at T=1 (paper rule)")
+    base = by_arm[baseline]
+    checks = [("paper", "greedy"), ("lenient", "greedy"), (f"pass@4 {rule}", "pass4"), (rule, "pass4")]
+    names = ("paper rule", "lenient rule", f"pass@4 ({rule} rule)", f"one sample at T=1 ({rule} rule)")
     head = ["arm", "seeds vs baseline seeds", *[f"Δ {name}, Welch 95% t over seed means; exact permutation p"
                                                 for name in names]]
     lines = md_head(head)
     for arm in ordered(by_arm):
         ps = by_arm[arm]
-        if arm == FORMAT_BASELINE or len(ps) < 2:
+        if arm in (baseline, "zero-shot") or len(ps) < 2:
             continue
         cells = [labels[arm], f"{len(ps)} vs {len(base)}"]
         for key, part in checks:
@@ -133,7 +141,7 @@ def rate(rows: list[dict], key: str) -> float:
     return sum(r[key] for r in rows) / len(rows)
 
 
-def decoding_table(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
+def decoding_table(by_arm: dict[str, list[dict]], labels: dict[str, str], rule: str = "paper") -> list[str]:
     """Greedy against sampled decoding on the same 100 items, per seed: how much of the gap between greedy
     accuracy and pass@4 is the answer loop (a greedy habit) and how much is four tries."""
     head = ["arm", "seed", "greedy accuracy", "one sample at T=1", "pass@4", "greedy loops", "sampled loops",
@@ -143,8 +151,8 @@ def decoding_table(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> lis
         for p in sorted((p for p in by_arm[arm] if "pass4" in p), key=lambda p: p["seed"]):
             greedy = [p["items"][i][0] for i in p["pass4_items"] if i in p["items"]]
             lost = sum(r["loop"] * r["first_right"] for r in greedy) / len(greedy)
-            cells = [labels[arm], str(p["seed"]), f"{rate(greedy, 'paper'):.2f}", f"{p['pass4']['paper']:.2f}",
-                     f"{p['pass4']['pass@4 paper']:.2f}", f"{rate(greedy, 'loop'):.2f}", f"{p['pass4']['loop']:.2f}",
+            cells = [labels[arm], str(p["seed"]), f"{rate(greedy, rule):.2f}", f"{p['pass4'][rule]:.2f}",
+                     f"{p['pass4'][f'pass@4 {rule}']:.2f}", f"{rate(greedy, 'loop'):.2f}", f"{p['pass4']['loop']:.2f}",
                      f"{lost:.2f}"]
             lines.append(md_row(cells))
     return lines
@@ -155,7 +163,7 @@ SEED_KEYS = [("paper", "paper rule"), ("lenient", "last-number rule"), ("boxed",
              ("copied", "first box wrong, a number from the question")]
 
 
-def seed_table(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
+def seed_table(by_arm: dict[str, list[dict]], labels: dict[str, str], rule: str = "paper") -> list[str]:
     """One row per piece: the spread across seeds that the means hide."""
     head = ["arm", "seed", *[name for _, name in SEED_KEYS], "pass@4 (100 items, T=1)"]
     lines = md_head(head)
@@ -164,7 +172,7 @@ def seed_table(by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[st
             g = p["greedy"]
             cells = [labels[arm], str(p["seed"]), *[f"{g[k]:.1f}" if k == "tokens" else f"{g[k]:.3f}" for k, _ in
                                                     SEED_KEYS]]
-            cells.append(f"{p['pass4']['pass@4 paper']:.2f}" if "pass4" in p else "–")
+            cells.append(f"{p['pass4'][f'pass@4 {rule}']:.2f}" if "pass4" in p else "–")
             lines.append(md_row(cells))
     return lines
 
