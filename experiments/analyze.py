@@ -60,6 +60,12 @@ def pieces(results: Path) -> list[dict]:
     return out
 
 
+def shared_zero_shot(piece: dict, rule: str, found: list[dict]) -> bool:
+    """The untrained model's piece stands in for a rule that has none of its own: the rule is a training setting,
+    and both rules are scored here from the same responses (``lenient/zero-shot/0`` would repeat them)."""
+    return piece["arm"] == "zero-shot" and not any(p["arm"] == "zero-shot" and p["rule"] == rule for p in found)
+
+
 def score(text: str, reference: str, truncated: bool, rule: str) -> float:
     ans = extract_answer(text, "none" if rule == "paper" else "last_number")
     return float(not truncated and ans is not None and same_answer(ans, reference))
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     for rule in ("paper", "lenient"):
         by_arm: dict[str, list[dict]] = defaultdict(list)
         labels = {}
-        for info in (p for p in found if p["rule"] == rule):
+        for info in (p for p in found if p["rule"] == rule or shared_zero_shot(p, rule, found)):
             d = info["dir"]
             ev = load(d / "eval-greedy.json.gz")
             info["items"] = item_table(ev)
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 info["curves"] = curves(info["rollouts"])
             by_arm[info["arm"]].append(info)
             labels[info["arm"]] = info["label"]
-        if not by_arm:
+        if set(by_arm) <= {"zero-shot"}:
             continue
         fallback = "none: only a \\boxed{} answer scores" if rule == "paper" else "last_number"
         doc += [f"## {rule} rule (training reward: reward.answer_fallback={fallback})",

@@ -98,7 +98,9 @@ rule: it never gets a reward there, so it never updates."""
 def budget_order(seeds: int = 3) -> list[str]:
     """The issue's order, with one change: arms 1, 2, 4, 5, 7 with 3 seeds (seed by seed, so every arm has a seed
     early), then seeds 3-4 of the deciding pair (moved up, see ``DECIDING``), then arms 3 and 6 and our
-    splice-boundary variant, then the lenient rule's GRPO and constant-schedule arms, then the guidance family."""
+    splice-boundary variant, then the lenient rule's GRPO and constant-schedule arms, then the guidance family.
+    The lenient rule has no zero-shot piece of its own: untrained, the rule changes nothing but the scoring, which
+    ``analyze.py`` does for both rules from ``paper/zero-shot/0``'s responses."""
     out = ["paper/zero-shot/0"]
     for s in range(seeds):
         out += [f"paper/{a}/{s}" for a in FIRST if a != "zero-shot"]
@@ -106,7 +108,6 @@ def budget_order(seeds: int = 3) -> list[str]:
         out += [f"paper/{a}/{s}" for a in DECIDING]
     for s in range(seeds):
         out += [f"paper/{a}/{s}" for a in THEN]
-    out += ["lenient/zero-shot/0"]
     for s in range(seeds):
         out += [f"lenient/{a}/{s}" for a in ("grpo", "tt-scripted-const")]
     for s in range(seeds):
