@@ -77,12 +77,20 @@ ARMS: dict[str, tuple[str | None, list[str], str]] = {
     "grpo-format": ("grpo-baseline", ["loss.shaping=aas",
                                       "reward.functions=[experiments/format_reward.py:boxed_number]"],
                     "GRPO + boxed-number format reward (our skeptic's baseline)"),
+    # needs the trainer to pass trainer_state to reward functions (since 2026-11-30; older --code stops, saying so)
+    "grpo-format-fade": ("grpo-baseline", ["loss.shaping=aas",
+                                           "reward.functions=[experiments/format_reward.py:fading_boxed_number]"],
+                         "GRPO + boxed-number format reward fading to 0 by step 20 (our control for the paper's "
+                         "schedule)"),
 }
 RULES = {"paper": "none", "lenient": "last_number"}
 """Reward rule -> reward.answer_fallback: the paper's (only a \\boxed{} answer scores) and the lenient one."""
 
 FIRST = ["zero-shot", "grpo", "tt-scripted-const", "tt-model-const", "grpo-format"]
 THEN = ["tt-scripted-paper", "tt-scripted-const-luffy", "tt-scripted-const-skip"]
+CONTROLS = ["grpo-format-fade"]
+"""Baselines added after the first results: a format bonus that fades like the paper's guidance schedule (the
+constant bonus can be earned by boxing a number from the question, RESULTS.md point 10)."""
 FAMILY = ["family-expert", "family-hint", "family-refine"]
 """Issue 17's side-by-side run of the guidance family, after issue 15's pieces; compared with ``tt-scripted-const``
 (ThinkTuning with the same scripted teacher and schedule) and the two GRPO baselines."""
@@ -98,7 +106,8 @@ rule: it never gets a reward there, so it never updates."""
 def budget_order(seeds: int = 3) -> list[str]:
     """The issue's order, with one change: arms 1, 2, 4, 5, 7 with 3 seeds (seed by seed, so every arm has a seed
     early), then seeds 3-4 of the deciding pair (moved up, see ``DECIDING``), then arms 3 and 6 and our
-    splice-boundary variant, then the lenient rule's GRPO and constant-schedule arms, then the guidance family.
+    splice-boundary variant, then the lenient rule's GRPO and constant-schedule arms, then the fading format
+    baseline (``CONTROLS``), then the guidance family.
     The lenient rule has no zero-shot piece of its own: untrained, the rule changes nothing but the scoring, which
     ``analyze.py`` does for both rules from ``paper/zero-shot/0``'s responses."""
     out = ["paper/zero-shot/0"]
@@ -110,6 +119,8 @@ def budget_order(seeds: int = 3) -> list[str]:
         out += [f"paper/{a}/{s}" for a in THEN]
     for s in range(seeds):
         out += [f"lenient/{a}/{s}" for a in ("grpo", "tt-scripted-const")]
+    for s in range(seeds):
+        out += [f"paper/{a}/{s}" for a in CONTROLS]
     for s in range(seeds):
         out += [f"paper/{a}/{s}" for a in FAMILY]
     return out

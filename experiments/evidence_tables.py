@@ -13,6 +13,8 @@ from thinktuning.eval.stats import mean_ci, paired_bootstrap, permutation_p, sig
 BASELINE = "grpo"
 FORMAT_BASELINE = "grpo-format"
 """GRPO with a reward for a boxed number: the baseline that also gets a format signal (fair on the paper rule)."""
+FADE_BASELINE = "grpo-format-fade"
+"""The same bonus fading to 0 over the first third: the control for the paper's guidance schedule."""
 
 
 GREEDY_KEYS = [("paper", "accuracy, paper rule (boxed)"), ("lenient", "accuracy, lenient rule (last number)"),
@@ -37,8 +39,9 @@ def fmt(values: list[float]) -> str:
     return f"{m:{spec}}" if len(values) == 1 else f"{m:{spec}} ± {hi - m:{spec}}"
 
 
-ORDER = ("zero-shot", "grpo", "grpo-format", "tt-scripted-const", "tt-scripted-paper", "tt-scripted-const-luffy",
-         "tt-scripted-const-skip", "tt-model-const", "family-expert", "family-hint", "family-refine")
+ORDER = ("zero-shot", "grpo", "grpo-format", "grpo-format-fade", "tt-scripted-const", "tt-scripted-paper",
+         "tt-scripted-const-luffy", "tt-scripted-const-skip", "tt-model-const", "family-expert", "family-hint",
+         "family-refine")
 
 
 def ordered(by_arm: dict[str, list[dict]]) -> list[str]:
@@ -47,7 +50,7 @@ def ordered(by_arm: dict[str, list[dict]]) -> list[str]:
 
 def arm_table(rule: str, by_arm: dict[str, list[dict]], labels: dict[str, str]) -> list[str]:
     arms = ordered(by_arm)
-    baselines = [b for b in (BASELINE, FORMAT_BASELINE) if b in by_arm]
+    baselines = [b for b in (BASELINE, FORMAT_BASELINE, FADE_BASELINE) if b in by_arm]
     head = ["arm", "seeds", *[name for _, name in GREEDY_KEYS], "pass@4 (100 items, T=1)",
             *[f"Δ acc vs {b} [95% CI], {which} rule" for b in baselines for which in ("paper", "lenient")]]
     lines = md_head(head)

@@ -3,6 +3,11 @@
 A bonus for the characters ``\\boxed{`` alone is gamed within 25 steps (empty boxes, ``\\boxed{}``); a bonus for a
 number inside the last box is not. If guidance only teaches the format, GRPO with this bonus catches up with it.
 Use: ``--set reward.functions=[experiments/format_reward.py:boxed_number]``.
+
+A constant bonus is also earned by boxing a number the question already states, without working
+(``experiments/RESULTS.md``, point 10). :func:`fading_boxed_number` (arm ``grpo-format-fade``) pays the bonus only
+early and then leaves correctness alone, as the paper's guidance schedule does with the teacher: if that schedule's
+lead is only a start for GRPO, this baseline catches up with it.
 """
 
 from __future__ import annotations
@@ -23,3 +28,18 @@ def boxed_number(prompts: list, completions: list[str], **columns) -> list[float
         box = extract_boxed(text)
         out.append(BONUS if box is not None and _NUMBER.match(box) else 0.0)
     return out
+
+
+FADE_FRACTION = 1 / 3
+"""The bonus falls linearly to 0 over this fraction of the run: the paper's guidance schedule decays over the first
+third too."""
+
+
+def fading_boxed_number(prompts: list, completions: list[str], trainer_state=None, **columns) -> list[float]:
+    """:func:`boxed_number` times ``1 - step / (FADE_FRACTION * max_steps)``, never below 0: the format signal at
+    the start, correctness alone from step ``FADE_FRACTION * max_steps`` on."""
+    if trainer_state is None:
+        raise ValueError("fading_boxed_number needs the trainer's trainer_state (thinktuning passes it to reward "
+                         "functions during training)")
+    scale = max(0.0, 1.0 - trainer_state.global_step / (FADE_FRACTION * trainer_state.max_steps))
+    return [scale * b for b in boxed_number(prompts, completions)]

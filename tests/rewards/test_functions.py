@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from transformers import TrainerState
 
 from thinktuning.rewards.answers import extract_answer, extract_boxed, extract_last_number
 from thinktuning.rewards.checker import AnswerChecker
@@ -228,6 +229,20 @@ def test_compute_rewards_weights_and_none():
     totals = compute_rewards([only_long, needs_level], [None, None], completions, columns, weights=[2.0, 0.5])
     assert totals == pytest.approx([0.5, 3.5])
     assert compute_rewards([only_long], [None, None], completions, columns) == [0.0, 1.0]
+
+
+def test_trainer_state_reaches_reward_functions_only_when_given():
+    seen = []
+
+    def progress(prompts, completions, **kw):
+        seen.append(sorted(kw))
+        state = kw.get("trainer_state")
+        return [0.0 if state is None else state.global_step / state.max_steps for _ in completions]
+
+    state = TrainerState(global_step=3, max_steps=12)
+    assert compute_rewards([progress], [None, None], ["a", "b"], {"level": [1, 2]}, trainer_state=state) == [0.25] * 2
+    assert compute_rewards([progress], [None], ["a"], {"level": [1]}) == [0.0]
+    assert seen == [["level", "trainer_state"], ["level"]]
 
 
 def test_compute_rewards_errors():

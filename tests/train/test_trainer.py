@@ -226,6 +226,21 @@ def test_skipping_zero_advantage_rows_leaves_the_update_unchanged(tmp_path, tiny
         assert torch.allclose(tensor, w_all[name], atol=1e-5), (name, float((tensor - w_all[name]).abs().max()))
 
 
+def test_reward_functions_see_the_training_step(tmp_path, tiny_student):
+    # TRL's convention: trainer_state.global_step is the number of updates so far (0 on the first step)
+    reward = tmp_path / "progress.py"
+    reward.write_text(
+        "def progress(prompts, completions, trainer_state, **kw):\n"
+        "    return [trainer_state.global_step + trainer_state.max_steps / 100 for _ in completions]\n"
+    )
+    cfg = _tiny_cfg(tiny_student, tmp_path / "run", [f"reward.functions=['{reward}:progress']",
+                                                     "guidance.enabled=false", "save_every=0"])
+    cfg.max_steps = 2
+    ThinkTuningTrainer(cfg).train()
+    rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
+    assert {(r["step"], round(r["reward"] - r["student_correct"], 6)) for r in rollouts} == {(1, 0.02), (2, 1.02)}
+
+
 @pytest.mark.slow
 def test_training_on_a_users_prompt_dataset(tmp_path, tiny_student):
     data = tmp_path / "mine.jsonl"

@@ -121,18 +121,22 @@ def _func_name(func: Callable) -> str:
 
 
 def call_reward_functions(
-    funcs: Sequence[Callable], prompts: list, completions: list, columns: dict[str, list]
+    funcs: Sequence[Callable], prompts: list, completions: list, columns: dict[str, list],
+    trainer_state: Any = None,
 ) -> list[list[float | None]]:
     """Each function's raw outputs (one list per function), validated; None/NaN mean "not applicable".
 
+    ``trainer_state``, when given, reaches every function as the keyword ``trainer_state`` (TRL's convention: a
+    ``transformers.TrainerState``), so a reward can depend on training progress (``global_step``, ``max_steps``).
     Separate from :func:`compute_rewards` so the trainer can log every reward component.
     """
     n = len(completions)
+    state = {} if trainer_state is None else {"trainer_state": trainer_state}
     table: list[list[float | None]] = []
     for func in funcs:
         name = _func_name(func)
         try:
-            out = func(prompts=prompts, completions=completions, **columns)
+            out = func(prompts=prompts, completions=completions, **columns, **state)
         except Exception as exc:
             raise RuntimeError(f"reward function {name} raised {type(exc).__name__}: {exc}") from exc
         try:
@@ -161,13 +165,14 @@ def compute_rewards(
     completions: list[str],
     columns: dict[str, list],
     weights: Sequence[float] | None = None,
+    trainer_state: Any = None,
 ) -> list[float]:
     """Weighted sum of reward functions per completion (TRL semantics: None contributes 0)."""
     if weights is None:
         weights = [1.0] * len(funcs)
     if len(weights) != len(funcs):
         raise ValueError(f"{len(weights)} reward weights for {len(funcs)} reward functions")
-    table = call_reward_functions(funcs, prompts, completions, columns)
+    table = call_reward_functions(funcs, prompts, completions, columns, trainer_state)
     totals = [0.0] * len(completions)
     for w, row in zip(weights, table, strict=True):
         for i, v in enumerate(row):

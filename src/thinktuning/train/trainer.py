@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerState
 
 from thinktuning.config.checks import check_context_lengths, validate
 from thinktuning.config.schema import ThinkTuningConfig
@@ -122,6 +123,7 @@ class ThinkTuningTrainer:
                 f"{len(self.examples)} usable prompts are fewer than rollout.prompts_per_step="
                 f"{cfg.rollout.prompts_per_step}; lower it or use more data"
             )
+        self.state = TrainerState(max_steps=self.total_steps)  # what reward functions see (TRL's trainer_state)
 
     def _build_run_dir(self, resume: bool, overwrite: bool) -> None:
         if self.is_main:
@@ -322,7 +324,7 @@ class ThinkTuningTrainer:
 
     def step(self, step: int) -> dict[str, Any]:
         """One ThinkTuning step; returns its metrics line (and writes its rollouts)."""
-        timer = StepTimer()
+        timer, self.state.global_step = StepTimer(), step
         with timer("student_generate"):
             trajs = self._rollouts(step)                                # 1. the student samples G per prompt
         self._score_own(trajs)                                          #    what it does on its own
@@ -433,4 +435,4 @@ class ThinkTuningTrainer:
             "solution": [s.example.solution for s in seqs],
         }
         funcs = self.reward_funcs[:1] if correctness_only else self.reward_funcs
-        return compute_rewards(funcs, [s.example.prompt for s in seqs], texts, columns)
+        return compute_rewards(funcs, [s.example.prompt for s in seqs], texts, columns, trainer_state=self.state)
