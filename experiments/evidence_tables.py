@@ -138,7 +138,7 @@ def seed_checks(by_arm: dict[str, list[dict]], labels: dict[str, str], rule: str
             cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{'*' if significant(lo, hi) else ''}; "
                          f"p = {permutation_p(a, b):.2f}")
         lines.append(md_row(cells))
-    return lines
+    return lines if len(lines) > 2 else []  # no arm with 2 seeds yet: no table
 
 def rate(rows: list[dict], key: str) -> float:
     return sum(r[key] for r in rows) / len(rows)
