@@ -126,7 +126,7 @@ def seed_checks(by_arm: dict[str, list[dict]], labels: dict[str, str], rule: str
     lines = md_head(head)
     for arm in ordered(by_arm):
         ps = by_arm[arm]
-        if arm in (baseline, "zero-shot") or len(ps) < 2:
+        if arm == baseline or len(ps) < 2:
             continue
         cells = [labels[arm], f"{len(ps)} vs {len(base)}"]
         for key, part in checks:

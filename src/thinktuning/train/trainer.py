@@ -324,7 +324,8 @@ class ThinkTuningTrainer:
 
     def step(self, step: int) -> dict[str, Any]:
         """One ThinkTuning step; returns its metrics line (and writes its rollouts)."""
-        timer, self.state.global_step = StepTimer(), step
+        self.state.global_step = step
+        timer = StepTimer()
         with timer("student_generate"):
             trajs = self._rollouts(step)                                # 1. the student samples G per prompt
         self._score_own(trajs)                                          #    what it does on its own
