@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import re
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -37,6 +36,7 @@ from evidence_tables import (
     seed_table,
     window_table,
 )
+from format_reward import question_numbers
 
 from thinktuning.eval.compare import compare_table
 from thinktuning.eval.metrics import answer_change, repeats, same_answer
@@ -76,7 +76,7 @@ def copied_from_question(boxes: list[str], question: str, reference: str) -> boo
     format baseline's bonus pays for any boxed number)."""
     if not boxes or same_answer(boxes[0], reference):
         return False
-    return any(same_answer(boxes[0], n) for n in re.findall(r"\d+(?:\.\d+)?", question))
+    return any(same_answer(boxes[0], n) for n in question_numbers(question))
 
 
 def item_table(ev: dict) -> dict[str, dict]:

@@ -7,17 +7,25 @@ Use: ``--set reward.functions=[experiments/format_reward.py:boxed_number]``.
 A constant bonus is also earned by boxing a number the question already states, without working
 (``experiments/RESULTS.md``, point 10). :func:`fading_boxed_number` (arm ``grpo-format-fade``) pays the bonus only
 early and then leaves correctness alone, as the paper's guidance schedule does with the teacher: if that schedule's
-lead is only a start for GRPO, this baseline catches up with it.
+lead is only a start for GRPO, this baseline catches up with it. :func:`boxed_new_number` (arm ``grpo-format-new``)
+closes that shortcut: it pays only for a boxed number the question does not state.
 """
 
 from __future__ import annotations
 
 import re
 
+from thinktuning.eval.metrics import same_answer
 from thinktuning.rewards.answers import extract_boxed
 
 BONUS = 0.2
 _NUMBER = re.compile(r"^\s*-?\d+(?:[.,]\d+)*\s*$")
+_IN_TEXT = re.compile(r"\d+(?:\.\d+)?")
+
+
+def question_numbers(question: str) -> list[str]:
+    """The numbers a question states, as written (``analyze.py`` uses the same list to find copied answers)."""
+    return _IN_TEXT.findall(question)
 
 
 def boxed_number(prompts: list, completions: list[str], **columns) -> list[float]:
@@ -27,6 +35,16 @@ def boxed_number(prompts: list, completions: list[str], **columns) -> list[float
     for text in completions:
         box = extract_boxed(text)
         out.append(BONUS if box is not None and _NUMBER.match(box) else 0.0)
+    return out
+
+
+def boxed_new_number(prompts: list, completions: list[str], question: list[str], **columns) -> list[float]:
+    """:func:`boxed_number`, except for a boxed number the question states: copying one is not working."""
+    del columns
+    out = []
+    for b, text, q in zip(boxed_number(prompts, completions), completions, question, strict=True):
+        box = extract_boxed(text) if b else None
+        out.append(b if box is not None and not any(same_answer(box, n) for n in question_numbers(q)) else 0.0)
     return out
 
 
