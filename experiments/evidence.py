@@ -91,6 +91,10 @@ THEN = ["tt-scripted-paper", "tt-scripted-const-luffy", "tt-scripted-const-skip"
 CONTROLS = ["grpo-format-fade"]
 """Baselines added after the first results: a format bonus that fades like the paper's guidance schedule (the
 constant bonus can be earned by boxing a number from the question, RESULTS.md point 10)."""
+CONTROL_SEEDS = (0, 1, 3, 4)
+"""The fading bonus pays only if the student boxes a number before step 20. With the same seed its samples are the
+constant bonus's until the first reward, which came at step 30 and 29 on seeds 0 and 2 (RESULTS.md point 10): on
+seed 2 this arm would repeat zero-shot, as it did on seed 0."""
 FAMILY = ["family-expert", "family-hint", "family-refine"]
 """Issue 17's side-by-side run of the guidance family, after issue 15's pieces; compared with ``tt-scripted-const``
 (ThinkTuning with the same scripted teacher and schedule) and the two GRPO baselines."""
@@ -107,7 +111,7 @@ def budget_order(seeds: int = 3) -> list[str]:
     """The issue's order, with one change: arms 1, 2, 4, 5, 7 with 3 seeds (seed by seed, so every arm has a seed
     early), then seeds 3-4 of the deciding pair (moved up, see ``DECIDING``), then arms 3 and 6 and our
     splice-boundary variant, then the lenient rule's GRPO and constant-schedule arms, then the fading format
-    baseline (``CONTROLS``), then the guidance family.
+    baseline (``CONTROLS``, ``CONTROL_SEEDS``), then the guidance family.
     The lenient rule has no zero-shot piece of its own: untrained, the rule changes nothing but the scoring, which
     ``analyze.py`` does for both rules from ``paper/zero-shot/0``'s responses."""
     out = ["paper/zero-shot/0"]
@@ -119,7 +123,7 @@ def budget_order(seeds: int = 3) -> list[str]:
         out += [f"paper/{a}/{s}" for a in THEN]
     for s in range(seeds):
         out += [f"lenient/{a}/{s}" for a in ("grpo", "tt-scripted-const")]
-    for s in range(seeds):
+    for s in CONTROL_SEEDS:
         out += [f"paper/{a}/{s}" for a in CONTROLS]
     for s in range(seeds):
         out += [f"paper/{a}/{s}" for a in FAMILY]
