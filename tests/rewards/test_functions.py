@@ -12,7 +12,7 @@ import time
 import pytest
 from transformers import TrainerState
 
-from thinktuning.rewards.answers import extract_answer, extract_boxed, extract_last_number
+from thinktuning.rewards.answers import extract_answer, extract_boxed, extract_last_number, is_unevaluated
 from thinktuning.rewards.checker import AnswerChecker
 from thinktuning.rewards.functions import (
     call_reward_functions,
@@ -104,10 +104,38 @@ def test_extract_answer_fallback():
         ("\\frac{1}{3}", "0.5", False),
         (None, "42", False),
         ("", "42", False),
+        # arithmetic left undone is not an answer, though math-verify evaluates it (RESULTS.md point 10)
+        ("25 + 41", "66", False),
+        ("8 \\times 7", "56", False),
+        ("(3 + 4) * 2", "14", False),
+        ("3/4", "0.75", True),
+        ("8 + 7 = 15", "15", True),
     ],
 )
 def test_checker_equivalences(checker, pred, ref, expected):
     assert checker.check(pred, ref) is expected
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref", "expected"),
+    [
+        ("25 + 41", "66", True),
+        ("25+41", "\\boxed{66}", True),
+        ("1,000 + 5", "1,005", True),
+        ("10 - 5", "5", True),
+        ("2 x 3", "6", True),
+        ("8 \\div 2", "4", True),
+        ("66", "66", False),
+        ("-5", "-5", False),
+        ("1,000", "1000", False),
+        ("3/4", "0.75", False),  # a fraction is a final form
+        ("3 + 2\\sqrt{2}", "5", False),  # not plain arithmetic
+        ("8 + 7 = 15", "15", False),  # the computation with its result
+        ("25 + 41", "x + 1", False),  # only a numeric reference makes the question decidable
+    ],
+)
+def test_is_unevaluated(pred, ref, expected):
+    assert is_unevaluated(pred, ref) is expected
 
 
 def test_check_many_matches_check(checker):

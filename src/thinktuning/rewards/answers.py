@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["boxed_answers", "extract_answer", "extract_boxed", "extract_last_number"]
+__all__ = ["boxed_answers", "extract_answer", "extract_boxed", "extract_last_number", "is_unevaluated"]
 
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # A sign counts only where it cannot be a binary minus ("10-5" is a subtraction, not -5).
@@ -148,3 +148,22 @@ def _same_text(pred: str, ref: str) -> bool:
     It also rescues textual answers (``\\text{Evelyn}``) that math-verify cannot parse.
     """
     return "".join(pred.split()) == "".join(ref.split())
+
+
+_OPERAND = r"\(*\s*-?\d+(?:[.,]\d+)*\s*\)*"
+_OPERATOR = r"(?:[-+*/x×÷]|\\times|\\cdot|\\div)"
+_COMPUTATION = re.compile(rf"^\s*{_OPERAND}(?:\s*{_OPERATOR}\s*{_OPERAND})+\s*$")
+_FRACTION = re.compile(rf"^\s*{_OPERAND}\s*/\s*{_OPERAND}\s*$")
+
+
+def is_unevaluated(pred: str, reference: str) -> bool:
+    """Whether ``pred`` is arithmetic still to be done (``25 + 41``) where the reference is a number (``66``).
+
+    math-verify evaluates both sides, so it counts ``\\boxed{25 + 41}`` as the answer 66: a student paid for
+    restating the question learns to (``experiments/RESULTS.md``, point 10). A single fraction (``3/4``) is a
+    final form and is not caught; nor is anything with a symbol, root or ``=``.
+    """
+    ref = _normalise_reference(reference).replace(",", "")
+    if not re.fullmatch(r"-?\d+(?:\.\d+)?", ref):
+        return False
+    return bool(_COMPUTATION.match(pred)) and not _FRACTION.match(pred)

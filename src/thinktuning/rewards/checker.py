@@ -153,7 +153,8 @@ class AnswerChecker:
     Each item gets ``timeout_s`` seconds in a worker process; an item that overruns is answered False,
     counted in :attr:`timeouts`, and the worker is killed and restarted (about half a second). The worker
     starts lazily on the first check that needs it. Safe to call from any thread (calls are serialised).
-    Verdicts are cached per (prediction, reference), since a GRPO group repeats the same answers.
+    Verdicts are cached per (prediction, reference), since a GRPO group repeats the same answers. Arithmetic
+    left undone (``25 + 41`` for 66) is never an answer (:func:`~thinktuning.rewards.answers.is_unevaluated`).
     """
 
     def __init__(
@@ -196,7 +197,11 @@ class AnswerChecker:
 
     def check_many(self, preds: Sequence[str | None], references: Sequence[str]) -> list[bool]:
         """Batch form of :meth:`check`: one round-trip to the worker, still ``timeout_s`` per item."""
-        from thinktuning.rewards.answers import _normalise_reference, _same_text  # here: the worker never needs them
+        from thinktuning.rewards.answers import (  # here: the worker never needs them
+            _normalise_reference,
+            _same_text,
+            is_unevaluated,
+        )
 
         if len(preds) != len(references):
             raise ValueError(f"{len(preds)} predictions but {len(references)} references")
@@ -209,6 +214,8 @@ class AnswerChecker:
             key = (str(pred).strip(), _normalise_reference(ref))
             if _same_text(*key):
                 verdicts[i] = True
+            elif is_unevaluated(*key):  # math-verify would evaluate it, and pay for restating the question
+                verdicts[i] = False
             elif key in self._cache:
                 verdicts[i] = self._cache[key]
             else:
