@@ -2,8 +2,9 @@
 
     .venv/bin/python experiments/format_bonus.py            # every committed grpo-format piece, paper rule
 
-Reads each piece's ``rollouts.jsonl.gz`` and scores the student's samples again with ``format_reward.py``: the
-constant bonus (:func:`boxed_number`), and :func:`boxed_new_number`, which refuses a number the question states.
+Reads each piece's ``rollouts.jsonl.gz`` and scores the student's own samples (:func:`own_sample`) again with
+``format_reward.py``: the constant bonus (:func:`boxed_number`), and :func:`boxed_new_number`, which refuses a
+number the question states.
 Prints, per 10-step window over all seeds, the share of samples each bonus paid, and the share right.
 """
 
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from analyze import load
 from format_reward import boxed_new_number, boxed_number
+
+from thinktuning.eval.reflection import own_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = sorted((ROOT / "experiments" / "results" / args.rule / args.arm).glob("seed*/rollouts.jsonl.gz"))
     if not paths:
         raise SystemExit(f"no committed rollouts under experiments/results/{args.rule}/{args.arm}/")
-    rows = [r for p in paths for r in load(p) if str(r.get("guided")) in ("False", "false", "None")]
+    rows = [{**r, "response": own[0]} for p in paths for r in load(p) if (own := own_sample(r)) is not None]
     print(f"{args.rule}/{args.arm}: {len(paths)} seeds, {len(rows)} samples")
     table = windows(rows)
     keys = list(next(iter(table.values())))

@@ -7,8 +7,8 @@ Use: ``--set reward.functions=[experiments/format_reward.py:boxed_number]``.
 A constant bonus is also earned by boxing a number the question already states, without working
 (``experiments/RESULTS.md``, point 10). :func:`fading_boxed_number` (arm ``grpo-format-fade``) pays the bonus only
 early and then leaves correctness alone, as the paper's guidance schedule does with the teacher: if that schedule's
-lead is only a start for GRPO, this baseline catches up with it. :func:`boxed_new_number` (arm ``grpo-format-new``)
-closes that shortcut: it pays only for a boxed number the question does not state.
+lead is only a start for GRPO, this baseline catches up with it. :func:`boxed_new_number` closes that shortcut: it
+pays only for a boxed number the question does not state (measured by ``format_bonus.py``; not run as an arm).
 """
 
 from __future__ import annotations
@@ -28,23 +28,25 @@ def question_numbers(question: str) -> list[str]:
     return _IN_TEXT.findall(question)
 
 
+def _boxed_plain_number(text: str) -> str | None:
+    """The last ``\\boxed{}``'s content if it is a plain number (right or wrong), else None."""
+    box = extract_boxed(text)
+    return box if box is not None and _NUMBER.match(box) else None
+
+
 def boxed_number(prompts: list, completions: list[str], **columns) -> list[float]:
     """``BONUS`` where the completion's last ``\\boxed{}`` holds a plain number (right or wrong), else 0."""
     del prompts, columns
-    out = []
-    for text in completions:
-        box = extract_boxed(text)
-        out.append(BONUS if box is not None and _NUMBER.match(box) else 0.0)
-    return out
+    return [BONUS if _boxed_plain_number(text) is not None else 0.0 for text in completions]
 
 
 def boxed_new_number(prompts: list, completions: list[str], question: list[str], **columns) -> list[float]:
     """:func:`boxed_number`, except for a boxed number the question states: copying one is not working."""
-    del columns
+    del prompts, columns
     out = []
-    for b, text, q in zip(boxed_number(prompts, completions), completions, question, strict=True):
-        box = extract_boxed(text) if b else None
-        out.append(b if box is not None and not any(same_answer(box, n) for n in question_numbers(q)) else 0.0)
+    for text, q in zip(completions, question, strict=True):
+        box = _boxed_plain_number(text)
+        out.append(BONUS if box is not None and not any(same_answer(box, n) for n in question_numbers(q)) else 0.0)
     return out
 
 
